@@ -1,0 +1,1 @@
+"""Node-side host operations: commands, iSCSI sessions, SCSI devices, multipath, filesystems."""

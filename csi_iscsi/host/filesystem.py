@@ -1,0 +1,98 @@
+"""Filesystems on a volume's device: probe, create only on a blank device, mount, unmount."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from csi_iscsi.errors import FailedPrecondition, InvalidArgument
+from csi_iscsi.host.mounts import MountTable
+from csi_iscsi.host.runner import Runner
+
+BLKID_NOTHING_FOUND = 2
+
+MKFS: dict[str, tuple[str, ...]] = {
+    "ext4": ("mkfs.ext4", "-q"),
+    "xfs": ("mkfs.xfs", "-q"),
+}
+DEFAULT_FSTYPE = "ext4"
+# Mount flags a volume may ask for; anything else is refused before a command runs.
+ALLOWED_MOUNT_FLAGS = frozenset({
+    "ro", "rw", "noatime", "relatime", "nodiratime", "nodev", "nosuid", "noexec", "sync", "dirsync",
+    "discard", "nodiscard", "nobarrier", "lazytime", "data=ordered", "data=journal", "data=writeback",
+})
+
+
+def check_fstype(fstype: str) -> str:
+    fstype = fstype or DEFAULT_FSTYPE
+    if fstype not in MKFS:
+        raise InvalidArgument(f"filesystem type {fstype!r} is not supported; use one of {sorted(MKFS)}")
+    return fstype
+
+
+def check_mount_flags(flags: Sequence[str]) -> list[str]:
+    bad = [f for f in flags if f not in ALLOWED_MOUNT_FLAGS]
+    if bad:
+        raise InvalidArgument(f"mount flags {bad} are not allowed; allowed: {sorted(ALLOWED_MOUNT_FLAGS)}")
+    return list(flags)
+
+
+class Filesystems:
+    def __init__(self, runner: Runner, mounts: MountTable) -> None:
+        self._runner = runner
+        self._mounts = mounts
+
+    def signature(self, device: str) -> str | None:
+        """The filesystem, partition table or other signature on device, or None if it is blank."""
+        result = self._runner.run(["blkid", "-p", "-o", "export", device], ok_codes=(0, BLKID_NOTHING_FOUND))
+        if result.returncode == BLKID_NOTHING_FOUND:
+            return None
+        values = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+        return values.get("TYPE") or values.get("PTTYPE") or values.get("USAGE") or "unknown"
+
+    def make(self, device: str, fstype: str) -> None:
+        """mkfs, refusing any device that holds a signature of any kind (no data is ever lost)."""
+        fstype = check_fstype(fstype)
+        found = self.signature(device)
+        if found is not None:
+            raise FailedPrecondition(f"{device} already holds {found!r}; refusing to format it")
+        self._runner.run([*MKFS[fstype], device], timeout=600)
+
+    def ensure(self, device: str, fstype: str) -> str:
+        """The filesystem on device, made if the device is blank; a different one is an error."""
+        fstype = check_fstype(fstype)
+        found = self.signature(device)
+        if found is None:
+            self._runner.run([*MKFS[fstype], device], timeout=600)
+            return fstype
+        if found != fstype:
+            raise FailedPrecondition(
+                f"{device} holds {found!r}, not the requested {fstype!r}; it is left untouched")
+        return found
+
+    def mount(self, source: str, target: str, fstype: str, flags: Sequence[str] = ()) -> None:
+        args = ["mount", "-t", fstype]
+        if flags:
+            args += ["-o", ",".join(flags)]
+        self._runner.run([*args, source, target], timeout=120)
+
+    def bind(self, source: str, target: str, readonly: bool = False) -> None:
+        self._runner.run(["mount", "--bind", source, target], timeout=60)
+        if readonly:
+            self._runner.run(["mount", "-o", "remount,bind,ro", target], timeout=60)
+
+    def umount(self, target: str) -> None:
+        """Unmount every mount stacked on target."""
+        while self._mounts.at(target):
+            self._runner.run(["umount", target], timeout=120)
+
+    def is_mounted(self, target: str) -> bool:
+        return bool(self._mounts.at(target))
+
+    def source_of(self, target: str) -> str | None:
+        stacked = self._mounts.at(target)
+        return stacked[-1].source if stacked else None
+
+    @staticmethod
+    def ensure_dir(path: str) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,83 @@
+"""dm-multipath maps, named by WWID (user_friendly_names no), assembled by multipathd."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Collection
+from pathlib import Path
+
+from csi_iscsi.errors import DeadlineExceeded
+from csi_iscsi.host.runner import CommandFailed, Runner
+
+MULTIPATH = "multipath"
+
+
+class MapBusy(CommandFailed):
+    """The map could not be flushed (still open, or I/O queued)."""
+
+
+class Multipath:
+    def __init__(self, runner: Runner, *, dev: Path = Path("/dev"), sysfs: Path = Path("/sys"),
+                 poll_interval: float = 0.05) -> None:
+        self._runner = runner
+        self._dev = dev
+        self._sys = sysfs
+        self._poll = poll_interval
+
+    def map_path(self, wwid: str) -> Path:
+        return self._dev / "mapper" / wwid
+
+    def dm_name(self, wwid: str) -> str | None:
+        """dm-N of the map, or None when there is no map of that name."""
+        path = self.map_path(wwid)
+        if not path.exists():
+            return None
+        return Path(os.path.realpath(path)).name
+
+    def slaves(self, wwid: str) -> list[str]:
+        dm = self.dm_name(wwid)
+        if dm is None:
+            return []
+        try:
+            return sorted(p.name for p in (self._sys / "block" / dm / "slaves").iterdir())
+        except FileNotFoundError:
+            return []
+
+    def wait_for_map(self, wwid: str, devices: Collection[str], timeout: float,
+                     nudge_after: float = 3.0) -> Path:
+        """Wait until the map exists with every one of devices as a path.
+
+        multipathd builds the map from udev events; if it has not after nudge_after seconds
+        (say the node's multipath.conf wants find_multipaths strict), ask multipath once.
+        """
+        want = set(devices)
+        start = time.monotonic()
+        nudged = False
+        while True:
+            if want <= set(self.slaves(wwid)):
+                return self.map_path(wwid)
+            elapsed = time.monotonic() - start
+            if elapsed > timeout:
+                raise DeadlineExceeded(
+                    f"multipath map {wwid} did not appear with paths {sorted(want)} within {timeout:g} s "
+                    f"(has {self.slaves(wwid)}); is multipathd running with find_multipaths no?")
+            if not nudged and elapsed > nudge_after:
+                nudged = True
+                self._runner.run([MULTIPATH, wwid], ok_codes=(0, 1))
+            time.sleep(self._poll)
+
+    def flush(self, wwid: str, *, retries: int = 5, delay: float = 1.0) -> None:
+        """Flush and remove the map; waits for queued I/O, never drops it."""
+        for attempt in range(retries + 1):
+            if self.dm_name(wwid) is None:
+                return
+            try:
+                self._runner.run([MULTIPATH, "-f", wwid], timeout=60)
+                return
+            except CommandFailed as exc:
+                if self.dm_name(wwid) is None:
+                    return
+                if attempt == retries:
+                    raise MapBusy(exc.argv, exc.returncode, exc.stderr, ()) from exc
+                time.sleep(delay)

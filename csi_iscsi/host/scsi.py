@@ -1,0 +1,70 @@
+"""SCSI devices behind iSCSI sessions, found through sysfs by session and LUN, never by /dev/sdX order."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_HOST_RE = re.compile(r"/host(\d+)/session\d+$")
+
+
+@dataclass(frozen=True)
+class ScsiDevice:
+    name: str  # sdX
+    hctl: str  # host:channel:target:lun
+    sid: int
+
+
+class Scsi:
+    def __init__(self, sysfs: Path = Path("/sys")) -> None:
+        self._sys = sysfs
+
+    def _session_dir(self, sid: int) -> Path:
+        return (self._sys / "class/iscsi_session" / f"session{sid}" / "device").resolve()
+
+    def host_number(self, sid: int) -> int:
+        m = _HOST_RE.search(str(self._session_dir(sid)))
+        if not m:
+            raise FileNotFoundError(f"iSCSI session {sid} has no SCSI host in sysfs")
+        return int(m[1])
+
+    def scan_lun(self, sid: int, lun: int) -> None:
+        """Ask the session's SCSI host to probe exactly one LUN (node.session.scan is manual)."""
+        host = self.host_number(sid)
+        (self._sys / "class/scsi_host" / f"host{host}" / "scan").write_text(f"- - {lun}")
+
+    def devices(self, sid: int, lun: int | None = None) -> list[ScsiDevice]:
+        found = []
+        for block in sorted(self._session_dir(sid).glob("target*/*:*:*:*/block/*")):
+            hctl = block.parent.parent.name
+            if lun is not None and hctl.rsplit(":", 1)[1] != str(lun):
+                continue
+            found.append(ScsiDevice(block.name, hctl, sid))
+        return found
+
+    def wwid(self, device: str) -> str | None:
+        """The device's WWID as multipath names it (naa.X → 3X), or None when not readable yet."""
+        try:
+            raw = (self._sys / "block" / device / "device/wwid").read_text().strip()
+        except OSError:
+            return None
+        if raw.startswith("naa."):
+            return "3" + raw[4:]
+        return None
+
+    def state(self, device: str) -> str:
+        try:
+            return (self._sys / "block" / device / "device/state").read_text().strip()
+        except OSError:
+            return "gone"
+
+    def exists(self, device: str) -> bool:
+        return (self._sys / "block" / device).exists()
+
+    def delete(self, device: str) -> None:
+        """Remove the SCSI device from the kernel (after its data was flushed and its map removed)."""
+        try:
+            (self._sys / "block" / device / "device/delete").write_text("1")
+        except FileNotFoundError:
+            pass

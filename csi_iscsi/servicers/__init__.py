@@ -1,0 +1,1 @@
+"""gRPC servicers: CSI requests in, domain calls out; no subprocesses, no rtslib here."""

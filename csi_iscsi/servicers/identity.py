@@ -1,0 +1,35 @@
+"""The CSI Identity service, the same for the controller and the node plugin."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+from google.protobuf.wrappers_pb2 import BoolValue
+
+from csi_iscsi import __version__
+from csi_iscsi.contract import DRIVER_NAME
+from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
+
+# What the driver as a whole implements; both plugins report the same list (csi-sanity reads it
+# from the node's socket). Grows only with what is implemented.
+PLUGIN_CAPABILITIES: list[csi_pb2.PluginCapability] = []
+
+ReadinessCheck = Callable[[], tuple[bool, str]]
+
+
+class IdentityServicer(csi_pb2_grpc.IdentityServicer):
+    def __init__(self, readiness: ReadinessCheck) -> None:
+        self._readiness = readiness
+
+    def GetPluginInfo(self, request: csi_pb2.GetPluginInfoRequest,
+                      context: grpc.ServicerContext) -> csi_pb2.GetPluginInfoResponse:
+        return csi_pb2.GetPluginInfoResponse(name=DRIVER_NAME, vendor_version=__version__)
+
+    def GetPluginCapabilities(self, request: csi_pb2.GetPluginCapabilitiesRequest,
+                              context: grpc.ServicerContext) -> csi_pb2.GetPluginCapabilitiesResponse:
+        return csi_pb2.GetPluginCapabilitiesResponse(capabilities=PLUGIN_CAPABILITIES)
+
+    def Probe(self, request: csi_pb2.ProbeRequest, context: grpc.ServicerContext) -> csi_pb2.ProbeResponse:
+        ready, _why = self._readiness()
+        return csi_pb2.ProbeResponse(ready=BoolValue(value=ready))

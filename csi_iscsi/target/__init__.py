@@ -1,0 +1,1 @@
+"""Target-side operations: the LIO objects that export a volume (driven through rtslib-fb)."""
