@@ -68,7 +68,8 @@ VOLUME_ID_RE = re.compile(r"^csi-[0-9a-f]{32}$")
 # Kubernetes node names are DNS subdomains.
 NODE_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 # RFC 3720 names: iqn.yyyy-mm.reversed.domain[:anything printable without spaces], or eui.16 hex.
-IQN_RE = re.compile(r"^(iqn\.\d{4}-\d{2}\.[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[A-Za-z0-9.:_-]+)?|eui\.[0-9A-F]{16})$")
+IQN_RE = re.compile(
+    r"^(iqn\.\d{4}-\d{2}\.[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[A-Za-z0-9.:_-]+)?|eui\.[0-9A-F]{16})$")
 IQN_MAX_BYTES = 223
 NODE_ID_MAX_BYTES = 256
 PORTAL_RE = re.compile(r"^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):\d{1,5}$")

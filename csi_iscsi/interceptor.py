@@ -20,7 +20,7 @@ RPC_SECONDS = Histogram("csi_iscsi_rpc_duration_seconds", "CSI calls by method a
                         ["method", "code"])
 
 
-class CsiInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class CsiInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
         if handler is None or handler.unary_unary is None:

@@ -51,7 +51,7 @@ def _mask_in_place(message: Message) -> None:
                     for item in value.values():
                         _mask_in_place(item)
             continue
-        if field.label == field.LABEL_REPEATED:
+        if field.is_repeated:
             for item in value:
                 _mask_in_place(item)
         else:

@@ -61,12 +61,12 @@ class CsiServer:
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                                    interceptors=[CsiInterceptor()])
         names = [csi_pb2.DESCRIPTOR.services_by_name["Identity"].full_name]
-        csi_pb2_grpc.add_IdentityServicer_to_server(services.identity, self._server)
+        csi_pb2_grpc.add_IdentityServicer_to_server(services.identity, self._server)  # type: ignore[no-untyped-call]
         if services.controller is not None:
-            csi_pb2_grpc.add_ControllerServicer_to_server(services.controller, self._server)
+            csi_pb2_grpc.add_ControllerServicer_to_server(services.controller, self._server)  # type: ignore[no-untyped-call]
             names.append(csi_pb2.DESCRIPTOR.services_by_name["Controller"].full_name)
         if services.node is not None:
-            csi_pb2_grpc.add_NodeServicer_to_server(services.node, self._server)
+            csi_pb2_grpc.add_NodeServicer_to_server(services.node, self._server)  # type: ignore[no-untyped-call]
             names.append(csi_pb2.DESCRIPTOR.services_by_name["Node"].full_name)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

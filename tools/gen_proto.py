@@ -17,8 +17,8 @@ VIRTUAL_DIR = "csi_iscsi/csi"
 
 
 def generate(out_dir: Path) -> None:
-    from grpc_tools import protoc  # build-time only dependency
     import grpc_tools
+    from grpc_tools import protoc  # build-time only dependency
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     args = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,5 @@ class Scsi:
 
     def delete(self, device: str) -> None:
         """Remove the SCSI device from the kernel (after its data was flushed and its map removed)."""
-        try:
+        with contextlib.suppress(FileNotFoundError):  # already gone
             (self._sys / "block" / device / "device/delete").write_text("1")
-        except FileNotFoundError:
-            pass

@@ -7,6 +7,7 @@ and must be serialised by the caller: configfs has no locking.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -126,10 +127,8 @@ class Lio:
 
     def delete_target(self, iqn: str) -> None:
         rts = self._rts
-        try:
+        with contextlib.suppress(rts.RTSLibNotInCFS):
             rts.Target(self._fabric, iqn, mode="lookup").delete()
-        except rts.RTSLibNotInCFS:
-            pass
 
     def target_exists(self, iqn: str) -> bool:
         try:
@@ -140,7 +139,8 @@ class Lio:
 
     # ACLs --------------------------------------------------------------------------------------
 
-    def grant(self, iqn: str, initiator: str, *, readonly: bool = False, chap: TargetChap | None = None) -> None:
+    def grant(self, iqn: str, initiator: str, *, readonly: bool = False,
+              chap: TargetChap | None = None) -> None:
         """An ACL for initiator with LUN 0 mapped (write-protected when readonly)."""
         tpg = self._tpg(iqn)
         acl = self._rts.NodeACL(tpg, initiator, mode="any")

@@ -1,0 +1,123 @@
+"""The csi-iscsi command: `csi-iscsi controller|node|all --endpoint ...`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from prometheus_client import start_http_server
+
+from csi_iscsi import __version__
+from csi_iscsi.contract import DEFAULT_TARGET_IQN_PREFIX, DEFAULT_ZONE, NODE_NAME_RE, NodeId, is_portal
+from csi_iscsi.errors import CsiIscsiError
+from csi_iscsi.host.initiator import DEFAULT_FILE, read_initiator_name
+from csi_iscsi.host.runner import SubprocessRunner
+from csi_iscsi.readiness import controller_ready, node_ready
+from csi_iscsi.server import CsiServer, Services
+from csi_iscsi.servicers.controller import ControllerServicer
+from csi_iscsi.servicers.identity import IdentityServicer
+from csi_iscsi.servicers.node import NodeIdentity, NodeServicer
+
+log = logging.getLogger("csi_iscsi")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="csi-iscsi",
+                                description="Kubernetes CSI driver for iSCSI volumes on LIO")
+    p.add_argument("--version", action="version", version=f"csi-iscsi {__version__}")
+    sub = p.add_subparsers(dest="mode", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--endpoint", default=os.environ.get("CSI_ENDPOINT", "unix:///csi/csi.sock"),
+                        help="unix:///path.sock or tcp://host:port (env CSI_ENDPOINT)")
+    common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    common.add_argument("--metrics-address", default="",
+                        help="host:port for Prometheus metrics; off if empty")
+    common.add_argument("--grace-period", type=float, default=30.0,
+                        help="seconds in-flight calls may finish after SIGTERM")
+    common.add_argument("--workers", type=int, default=8)
+
+    controller = argparse.ArgumentParser(add_help=False)
+    controller.add_argument("--pool-dir", type=Path, default=Path("/var/lib/csi-iscsi/pool"),
+                            help="directory of the fileio pool")
+    controller.add_argument("--portal", action="append", default=[],
+                            help="ip:port the target listens on; repeat for multipath (default 0.0.0.0:3260)")
+    controller.add_argument("--target-iqn-prefix", default=DEFAULT_TARGET_IQN_PREFIX)
+
+    node = argparse.ArgumentParser(add_help=False)
+    node.add_argument("--node-name", default=os.environ.get("NODE_NAME", ""),
+                      help="Kubernetes node name (env NODE_NAME; default: the host name)")
+    node.add_argument("--initiator-name-file", type=Path, default=DEFAULT_FILE)
+    node.add_argument("--initiator-iqn", default="", help="override the initiator name file")
+    node.add_argument("--zone", default=DEFAULT_ZONE, help="topology zone of this node")
+    node.add_argument("--max-volumes", type=int, default=0, help="max volumes per node; 0 = no limit")
+    node.add_argument("--host-pid", type=int, default=None,
+                      help="run host tools in this PID's namespaces via nsenter (1 in a container)")
+
+    sub.add_parser("controller", parents=[common, controller], help="serve Identity + Controller")
+    sub.add_parser("node", parents=[common, node], help="serve Identity + Node")
+    sub.add_parser("all", parents=[common, controller, node], help="serve all three (testbed, demos)")
+    return p
+
+
+def _node_identity(args: argparse.Namespace) -> NodeIdentity:
+    name = (args.node_name or socket.gethostname()).lower()
+    if not NODE_NAME_RE.fullmatch(name):
+        raise CsiIscsiError(f"node name {name!r} is not a valid Kubernetes node name")
+    iqn = read_initiator_name(args.initiator_name_file, args.initiator_iqn)
+    if args.max_volumes < 0:
+        raise CsiIscsiError("--max-volumes must be >= 0")
+    return NodeIdentity(NodeId(name, iqn), args.zone, args.max_volumes)
+
+
+def build_services(args: argparse.Namespace) -> Services:
+    runner = SubprocessRunner(host_pid=getattr(args, "host_pid", None))
+    controller: ControllerServicer | None = None
+    node: NodeServicer | None = None
+    checks: list[Callable[[], tuple[bool, str]]] = []
+    if args.mode in ("controller", "all"):
+        bad = [p for p in args.portal if not is_portal(p)]
+        if bad:
+            raise CsiIscsiError(f"--portal values {bad} are not ip:port")
+        pool_dir = args.pool_dir
+        checks.append(lambda: controller_ready(pool_dir))
+        controller = ControllerServicer()
+    if args.mode in ("node", "all"):
+        node = NodeServicer(_node_identity(args))
+        checks.append(lambda: node_ready(runner))
+
+    def readiness() -> tuple[bool, str]:
+        for check in checks:
+            ok, why = check()
+            if not ok:
+                return ok, why
+        return True, "ready"
+
+    return Services(identity=IdentityServicer(readiness), controller=controller, node=node)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        services = build_services(args)
+        server = CsiServer(services, args.endpoint, workers=args.workers)
+    except CsiIscsiError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    if args.metrics_address:
+        host, port = args.metrics_address.rsplit(":", 1)
+        start_http_server(int(port), addr=host or "0.0.0.0")
+    log.info("csi-iscsi %s starting in %s mode", __version__, args.mode)
+    server.serve_until_signal(args.grace_period)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

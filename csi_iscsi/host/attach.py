@@ -1,0 +1,120 @@
+"""Attaching one volume's LUN to this node over all its portals, and detaching it safely.
+
+Attach: one node record per portal (never discovery), logins in parallel (a dead portal does
+not fail the attach while another works), a scan of just the granted LUN, each path checked
+to carry the volume's WWID, then the dm-multipath map named by that WWID.
+Detach, in the order that loses no data: flush and remove the map, delete the SCSI devices,
+log out of this target's sessions only, delete its node records.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from csi_iscsi.errors import CsiIscsiError, DeadlineExceeded, FailedPrecondition, Unavailable
+from csi_iscsi.host.iscsiadm import Chap, Iscsiadm, SessionSettings
+from csi_iscsi.host.multipath import Multipath
+from csi_iscsi.host.scsi import Scsi
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AttachTimeouts:
+    login: float = 30.0  # per portal, including iscsiadm's own retries
+    device: float = 20.0  # from login to the SCSI device with the right WWID
+    multipath_map: float = 20.0
+    detach: float = 60.0  # the whole detach, even with the target gone
+
+
+@dataclass(frozen=True)
+class Attachment:
+    target_iqn: str
+    wwid: str
+    device: str  # /dev/mapper/<wwid>, or /dev/sdX when multipath is off
+    paths: tuple[str, ...]  # sdX of every logged-in portal
+    failed_portals: tuple[str, ...]
+
+
+class Attacher:
+    def __init__(self, iscsiadm: Iscsiadm, scsi: Scsi, multipath: Multipath | None,
+                 settings: SessionSettings, timeouts: AttachTimeouts | None = None,
+                 poll_interval: float = 0.02) -> None:
+        self._iscsiadm = iscsiadm
+        self._scsi = scsi
+        self._multipath = multipath
+        self._settings = settings
+        self._timeouts = timeouts or AttachTimeouts()
+        self._poll = poll_interval
+
+    def attach(self, target_iqn: str, portals: list[str], lun: int, wwid: str,
+               chap: Chap | None = None) -> Attachment:
+        for portal in portals:
+            self._iscsiadm.create_node(target_iqn, portal, self._settings, chap)
+        failed: dict[str, str] = {}
+
+        def login(portal: str) -> None:
+            try:
+                self._iscsiadm.login(target_iqn, portal, timeout=self._timeouts.login)
+            except CsiIscsiError as exc:
+                failed[portal] = str(exc)
+
+        with ThreadPoolExecutor(max_workers=max(1, len(portals))) as pool:
+            list(pool.map(login, portals))
+        if len(failed) == len(portals):
+            self._forget_records(target_iqn, portals)
+            raise Unavailable(f"login to {target_iqn} failed on every portal: "
+                              + "; ".join(f"{p}: {why}" for p, why in failed.items()))
+        for portal, why in failed.items():
+            log.warning("login to %s on %s failed, continuing on the other paths: %s",
+                        target_iqn, portal, why)
+
+        sessions = [s for s in self._iscsiadm.sessions() if s.target_iqn == target_iqn]
+        for session in sessions:
+            self._scsi.scan_lun(session.sid, lun)
+        paths = [self._wait_for_device(session.sid, lun, wwid) for session in sessions]
+        if self._multipath is None:
+            return Attachment(target_iqn, wwid, f"/dev/{paths[0]}", tuple(paths), tuple(failed))
+        device = self._multipath.wait_for_map(wwid, paths, self._timeouts.multipath_map)
+        return Attachment(target_iqn, wwid, str(device), tuple(paths), tuple(failed))
+
+    def _wait_for_device(self, sid: int, lun: int, wwid: str) -> str:
+        deadline = time.monotonic() + self._timeouts.device
+        while True:
+            for device in self._scsi.devices(sid, lun):
+                seen = self._scsi.wwid(device.name)
+                if seen == wwid:
+                    return device.name
+                if seen is not None:
+                    raise FailedPrecondition(
+                        f"session {sid} LUN {lun} is {device.name} with WWID {seen}, expected {wwid}; "
+                        "refusing to use a device that is not this volume")
+            if time.monotonic() > deadline:
+                raise DeadlineExceeded(f"no SCSI device for LUN {lun} appeared on iSCSI session {sid} "
+                                       f"within {self._timeouts.device:g} s")
+            time.sleep(self._poll)
+
+    def detach(self, target_iqn: str, lun: int, wwid: str) -> None:
+        """Idempotent; touches only this target's sessions, devices, map and records."""
+        deadline = time.monotonic() + self._timeouts.detach
+        sessions = [s for s in self._iscsiadm.sessions() if s.target_iqn == target_iqn]
+        devices = [d.name for s in sessions for d in self._scsi.devices(s.sid, lun)]
+        if self._multipath is not None:
+            self._multipath.flush(wwid)
+        for device in devices:
+            self._scsi.delete(device)
+        while any(self._scsi.exists(d) for d in devices):
+            if time.monotonic() > deadline:
+                raise DeadlineExceeded(f"SCSI devices {devices} of {target_iqn} did not go away")
+            time.sleep(self._poll)
+        for session in sessions:
+            remaining = max(1.0, deadline - time.monotonic())
+            self._iscsiadm.logout(target_iqn, session.portal, timeout=remaining)
+        self._forget_records(target_iqn, self._iscsiadm.node_portals(target_iqn))
+
+    def _forget_records(self, target_iqn: str, portals: list[str]) -> None:
+        for portal in portals:
+            self._iscsiadm.delete_node(target_iqn, portal)

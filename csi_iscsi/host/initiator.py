@@ -1,0 +1,30 @@
+"""The node's initiator IQN, from open-iscsi's initiatorname file (or an explicit override)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from csi_iscsi.contract import is_iqn
+from csi_iscsi.errors import FailedPrecondition
+
+DEFAULT_FILE = Path("/etc/iscsi/initiatorname.iscsi")
+
+
+def read_initiator_name(path: Path = DEFAULT_FILE, override: str = "") -> str:
+    if override:
+        iqn = override.strip()
+        source = "--initiator-iqn"
+    else:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot read the initiator name from {path}: {exc.strerror}") from exc
+        names = [line.split("=", 1)[1].strip() for line in text.splitlines()
+                 if line.strip().startswith("InitiatorName=")]
+        if len(names) != 1:
+            raise FailedPrecondition(f"{path} must hold exactly one InitiatorName= line, found {len(names)}")
+        iqn = names[0]
+        source = str(path)
+    if not is_iqn(iqn):
+        raise FailedPrecondition(f"initiator name {iqn!r} from {source} is not a valid iqn./eui. name")
+    return iqn
