@@ -1,0 +1,140 @@
+"""The exact order of attach and detach steps, with fakes at the runner and sysfs seams."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from csi_iscsi.errors import FailedPrecondition, Unavailable
+from csi_iscsi.host.attach import Attacher, AttachTimeouts
+from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
+from csi_iscsi.host.multipath import Multipath
+from csi_iscsi.host.scsi import Scsi
+from tests.fakes import FakeRunner
+from tests.unit.test_scsi_multipath import WWID, make_sysfs
+
+IQN = "iqn.2026-11.io.csi-iscsi:csi-" + "a" * 32
+PORTALS = ["127.0.0.11:3260", "127.0.0.12:3260"]
+SESSIONS = f"tcp: [1] 127.0.0.11:3260,1 {IQN} (non-flash)\ntcp: [2] 127.0.0.12:3260,1 {IQN} (non-flash)\n"
+
+
+class RecordingScsi(Scsi):
+    """Scsi over a fake sysfs that records deletes in the runner's call log and makes them real."""
+
+    def __init__(self, sysfs: Path, runner: FakeRunner) -> None:
+        super().__init__(sysfs)
+        self._runner = runner
+        self._root = sysfs
+
+    def delete(self, device: str) -> None:
+        self._runner.calls.append(("delete", device))
+        shutil.rmtree(self._root / "block" / device)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[FakeRunner, Attacher, Path]:
+    sys_ = make_sysfs(tmp_path, 1, 3, {"sdb": (0, WWID)})
+    make_sysfs(tmp_path, 2, 4, {"sdc": (0, WWID)})
+    dev = tmp_path / "dev"
+    (dev / "mapper").mkdir(parents=True)
+    (dev / "dm-0").write_text("")
+    os.symlink(dev / "dm-0", dev / "mapper" / WWID)
+    for s in ("sdb", "sdc"):
+        (sys_ / "block/dm-0/slaves").mkdir(parents=True, exist_ok=True)
+        (sys_ / "block/dm-0/slaves" / s).write_text("")
+    runner = FakeRunner()
+    runner.on(["iscsiadm", "-m", "session"], stdout=SESSIONS)
+    runner.on(["iscsiadm", "-m", "node", "-T", IQN], stdout="".join(f"{p},1 {IQN}\n" for p in PORTALS))
+
+    def flush(argv: tuple[str, ...]) -> tuple[int, str] | None:
+        if argv[:2] == ("multipath", "-f"):
+            (dev / "mapper" / WWID).unlink()
+            return 0, ""
+        return None
+
+    runner.responders.insert(0, flush)
+    attacher = Attacher(Iscsiadm(runner), RecordingScsi(sys_, runner), Multipath(runner, dev=dev, sysfs=sys_),
+                        SessionSettings(), AttachTimeouts(device=0.5, multipath_map=0.5, detach=2),
+                        poll_interval=0.01)
+    return runner, attacher, sys_
+
+
+def steps(runner: FakeRunner) -> list[str]:
+    """The call log without the per-setting record updates."""
+    out = []
+    for c in runner.calls:
+        if c[0] == "iscsiadm" and "update" in c:
+            continue
+        if c[0] == "iscsiadm":
+            out.append(" ".join(x for x in c[1:] if x not in (IQN, "-T", "-m", "-p")))
+        else:
+            out.append(" ".join(c))
+    return out
+
+
+def test_attach_order(world: tuple[FakeRunner, Attacher, Path]) -> None:
+    runner, attacher, sys_ = world
+    attachment = attacher.attach(IQN, PORTALS, 0, WWID)
+    assert attachment.device.endswith(f"/mapper/{WWID}")
+    assert attachment.paths == ("sdb", "sdc")
+    got = steps(runner)
+    assert got[:2] == ["node 127.0.0.11:3260 -o new", "node 127.0.0.12:3260 -o new"]
+    assert sorted(got[2:4]) == ["node 127.0.0.11:3260 --login", "node 127.0.0.12:3260 --login"]
+    assert got[4:] == ["session"]
+    assert not any("discovery" in s for s in got)
+    assert (sys_ / "class/scsi_host/host3/scan").read_text() == "- - 0"
+    assert (sys_ / "class/scsi_host/host4/scan").read_text() == "- - 0"
+
+
+def test_detach_order_is_map_then_devices_then_logout_then_records(
+        world: tuple[FakeRunner, Attacher, Path]) -> None:
+    runner, attacher, _ = world
+    attacher.detach(IQN, 0, WWID)
+    assert steps(runner) == [
+        "session",
+        f"multipath -f {WWID}",
+        "delete sdb", "delete sdc",
+        "node 127.0.0.11:3260 --logout", "node 127.0.0.12:3260 --logout",
+        "node",
+        "node 127.0.0.11:3260 -o delete", "node 127.0.0.12:3260 -o delete",
+    ]
+
+
+def test_detach_leaves_other_targets_alone(world: tuple[FakeRunner, Attacher, Path]) -> None:
+    runner, attacher, _ = world
+    other = "iqn.2026-11.io.csi-iscsi:csi-" + "b" * 32
+    attacher.detach(other, 0, "36001405" + "b" * 25)
+    assert all(IQN not in " ".join(c) for c in runner.calls)
+    assert not any(c[0] in ("delete", "multipath") for c in runner.calls)
+
+
+def test_one_dead_portal_is_tolerated(world: tuple[FakeRunner, Attacher, Path]) -> None:
+    runner, attacher, _ = world
+    runner.on(["iscsiadm", "-m", "node", "-T", IQN, "-p", PORTALS[1], "--login"], returncode=8)
+    runner.on(["iscsiadm", "-m", "session"], stdout=SESSIONS.splitlines()[0] + "\n")
+    attachment = attacher.attach(IQN, PORTALS, 0, WWID)
+    assert attachment.failed_portals == (PORTALS[1],)
+    assert attachment.paths == ("sdb",)
+
+
+def test_every_portal_dead_is_unavailable_and_leaves_no_records(world: tuple[FakeRunner, Attacher, Path]) -> None:
+    runner, attacher, _ = world
+    runner.on(["iscsiadm", "-m", "node", "-T", IQN, "-p"], returncode=8)
+    runner.on(["iscsiadm", "-m", "node", "-T", IQN, "-p", PORTALS[0], "-o", "delete"], returncode=0)
+    runner.on(["iscsiadm", "-m", "node", "-T", IQN, "-p", PORTALS[1], "-o", "delete"], returncode=0)
+    for p in PORTALS:
+        runner.on(["iscsiadm", "-m", "node", "-T", IQN, "-p", p, "-o", "new"], returncode=0)
+        runner.on(["iscsiadm", "-m", "node", "-T", IQN, "-p", p, "-o", "update"], returncode=0)
+    with pytest.raises(Unavailable):
+        attacher.attach(IQN, PORTALS, 0, WWID)
+    assert steps(runner)[-2:] == ["node 127.0.0.11:3260 -o delete", "node 127.0.0.12:3260 -o delete"]
+
+
+def test_a_path_with_another_wwid_is_refused(world: tuple[FakeRunner, Attacher, Path]) -> None:
+    _, attacher, sys_ = world
+    (sys_ / "block/sdc/device/wwid").write_text("naa.6001405" + "c" * 25)
+    with pytest.raises(FailedPrecondition, match="not this volume"):
+        attacher.attach(IQN, PORTALS, 0, WWID)

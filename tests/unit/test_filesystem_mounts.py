@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from csi_iscsi.errors import FailedPrecondition, InvalidArgument
+from csi_iscsi.host.filesystem import Filesystems, check_fstype, check_mount_flags
+from csi_iscsi.host.mounts import MountTable, parse_mountinfo
+from tests.fakes import FakeRunner
+
+MOUNTINFO = (
+    "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+    "90 22 253:0 / /var/lib/kubelet/staging\\040dir rw,noatime shared:50 - ext4 /dev/mapper/3600 rw\n"
+    "91 22 253:0 / /pods/target ro,relatime shared:51 - ext4 /dev/mapper/3600 ro\n"
+)
+
+
+def test_mountinfo_is_parsed_with_escapes() -> None:
+    mounts = parse_mountinfo(MOUNTINFO)
+    assert mounts[1].target == "/var/lib/kubelet/staging dir"
+    assert mounts[1].source == "/dev/mapper/3600" and mounts[1].fstype == "ext4"
+    assert mounts[2].readonly and not mounts[1].readonly
+
+
+def fs_with(tmp_path: Path, runner: FakeRunner) -> Filesystems:
+    info = tmp_path / "mountinfo"
+    info.write_text(MOUNTINFO)
+    return Filesystems(runner, MountTable(info))
+
+
+def test_blank_device_gets_a_filesystem(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    runner.on(["blkid"], returncode=2)
+    assert fs_with(tmp_path, runner).ensure("/dev/mapper/x", "xfs") == "xfs"
+    assert runner.calls[-1] == ("mkfs.xfs", "-q", "/dev/mapper/x")
+
+
+@pytest.mark.parametrize("found", ["TYPE=ext4", "PTTYPE=gpt", "TYPE=LVM2_member", "USAGE=raid"])
+def test_any_signature_blocks_mkfs(tmp_path: Path, found: str) -> None:
+    runner = FakeRunner()
+    runner.on(["blkid"], stdout=f"DEVNAME=/dev/x\n{found}\n")
+    fs = fs_with(tmp_path, runner)
+    with pytest.raises(FailedPrecondition):
+        fs.make("/dev/x", "xfs")
+    if found != "TYPE=ext4":
+        with pytest.raises(FailedPrecondition):
+            fs.ensure("/dev/x", "ext4")
+    assert not any(c[0].startswith("mkfs") for c in runner.calls)
+
+
+def test_matching_filesystem_is_kept(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    runner.on(["blkid"], stdout="TYPE=ext4\n")
+    assert fs_with(tmp_path, runner).ensure("/dev/x", "ext4") == "ext4"
+    assert [c[0] for c in runner.calls] == ["blkid"]
+
+
+def test_allow_lists() -> None:
+    assert check_fstype("") == "ext4"
+    with pytest.raises(InvalidArgument):
+        check_fstype("btrfs; rm -rf /")
+    assert check_mount_flags(["noatime", "nodev"]) == ["noatime", "nodev"]
+    with pytest.raises(InvalidArgument):
+        check_mount_flags(["noatime", "exec,suid"])
+
+
+def test_mount_state_comes_from_mountinfo(tmp_path: Path) -> None:
+    fs = fs_with(tmp_path, FakeRunner())
+    assert fs.is_mounted("/pods/target") and not fs.is_mounted("/pods/other")
+    assert fs.source_of("/pods/target") == "/dev/mapper/3600"

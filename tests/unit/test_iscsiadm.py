@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import pytest
+
+from csi_iscsi.host.iscsiadm import Chap, Iscsiadm, SessionSettings
+from csi_iscsi.host.runner import CommandFailed
+from tests.fakes import FakeRunner
+
+IQN = "iqn.2026-11.io.csi-iscsi:csi-" + "a" * 32
+PORTAL = "127.0.0.11:3260"
+
+
+def test_create_node_makes_one_record_with_manual_startup_and_scan() -> None:
+    runner = FakeRunner()
+    Iscsiadm(runner).create_node(IQN, PORTAL, SessionSettings(replacement_timeout=7))
+    assert runner.calls[0] == ("iscsiadm", "-m", "node", "-T", IQN, "-p", PORTAL, "-o", "new")
+    updates = {c[-3]: c[-1] for c in runner.calls[1:]}
+    assert updates["node.startup"] == "manual"
+    assert updates["node.session.scan"] == "manual"
+    assert updates["node.session.timeo.replacement_timeout"] == "7"
+    assert updates["node.session.auth.authmethod"] == "None"
+    assert not any("discovery" in " ".join(c) for c in runner.calls)
+
+
+def test_chap_values_are_declared_secret_to_the_runner() -> None:
+    runner = FakeRunner()
+    Iscsiadm(runner).create_node(IQN, PORTAL, SessionSettings(), Chap("u", "pw-1", "tu", "pw-2"))
+    password_calls = [i for i, c in enumerate(runner.calls) if c[-1] in ("pw-1", "pw-2")]
+    assert len(password_calls) == 2
+    for i in password_calls:
+        assert set(runner.secrets_seen[i]) == {"pw-1", "pw-2"}
+
+
+def test_login_accepts_an_existing_session() -> None:
+    runner = FakeRunner()
+    runner.on(["iscsiadm", "-m", "node", "-T", IQN, "-p", PORTAL, "--login"], returncode=15)
+    Iscsiadm(runner).login(IQN, PORTAL, timeout=5)
+
+
+def test_database_busy_is_retried() -> None:
+    runner = FakeRunner()
+    runner.on(["iscsiadm", "-m", "node", "-T", IQN, "-p", PORTAL, "--login"], returncode=6, times=2)
+    Iscsiadm(runner, db_retry_delay=0).login(IQN, PORTAL, timeout=5)
+    assert len(runner.calls) == 3
+
+
+def test_other_login_failures_raise() -> None:
+    runner = FakeRunner()
+    runner.on(["iscsiadm", "-m", "node", "-T", IQN, "-p", PORTAL, "--login"], returncode=24)
+    with pytest.raises(CommandFailed):
+        Iscsiadm(runner).login(IQN, PORTAL, timeout=5)
+
+
+def test_cleanup_of_missing_things_is_fine() -> None:
+    runner = FakeRunner()
+    runner.on(["iscsiadm"], returncode=21)
+    adm = Iscsiadm(runner)
+    adm.logout(IQN, PORTAL, timeout=5)
+    adm.delete_node(IQN, PORTAL)
+    assert adm.sessions() == []
+    assert adm.node_portals(IQN) == []
+
+
+def test_sessions_and_records_are_parsed() -> None:
+    runner = FakeRunner()
+    runner.on(["iscsiadm", "-m", "session"], stdout=(
+        f"tcp: [3] 127.0.0.11:3260,1 {IQN} (non-flash)\n"
+        "tcp: [4] [fd00::2]:3260,1 iqn.2026-11.io.other:x (non-flash)\n"))
+    runner.on(["iscsiadm", "-m", "node", "-T", IQN], stdout=f"127.0.0.11:3260,1 {IQN}\n127.0.0.12:3260,-1 {IQN}\n")
+    adm = Iscsiadm(runner)
+    sessions = adm.sessions()
+    assert [(s.sid, s.portal, s.target_iqn) for s in sessions] == [
+        (3, "127.0.0.11:3260", IQN), (4, "[fd00::2]:3260", "iqn.2026-11.io.other:x")]
+    assert adm.node_portals(IQN) == ["127.0.0.11:3260", "127.0.0.12:3260"]

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import grpc
+import pytest
+
+from csi_iscsi.errors import DeadlineExceeded
+from csi_iscsi.host.multipath import MapBusy, Multipath
+from csi_iscsi.host.scsi import Scsi
+from tests.fakes import FakeRunner
+
+WWID = "36001405" + "a" * 25
+
+
+def make_sysfs(root: Path, sid: int, host: int, devices: dict[str, tuple[int, str]]) -> Path:
+    """A sysfs shaped like the kernel's for one iSCSI session with the given sdX → (lun, wwid)."""
+    sys_ = root / "sys"
+    session = sys_ / f"devices/platform/host{host}/session{sid}"
+    (sys_ / "class/iscsi_session" / f"session{sid}").mkdir(parents=True)
+    os.symlink(session, sys_ / "class/iscsi_session" / f"session{sid}" / "device")
+    (sys_ / "class/scsi_host" / f"host{host}").mkdir(parents=True)
+    (sys_ / "class/scsi_host" / f"host{host}" / "scan").write_text("")
+    for name, (lun, wwid) in devices.items():
+        dev = session / f"target{host}:0:0" / f"{host}:0:0:{lun}"
+        (dev / "block" / name).mkdir(parents=True)
+        (sys_ / "block" / name / "device").mkdir(parents=True)
+        (sys_ / "block" / name / "device/wwid").write_text(f"naa.{wwid[1:]}\n")
+        (sys_ / "block" / name / "device/state").write_text("running\n")
+    return sys_
+
+
+def test_devices_are_found_by_session_and_lun(tmp_path: Path) -> None:
+    sys_ = make_sysfs(tmp_path, 5, 7, {"sdc": (0, WWID), "sdd": (1, "3600140500")})
+    scsi = Scsi(sys_)
+    assert scsi.host_number(5) == 7
+    assert [d.name for d in scsi.devices(5, 0)] == ["sdc"]
+    assert scsi.wwid("sdc") == WWID
+    assert scsi.state("sdc") == "running" and scsi.state("sdz") == "gone"
+    scsi.scan_lun(5, 0)
+    assert (sys_ / "class/scsi_host/host7/scan").read_text() == "- - 0"
+    scsi.delete("sdc")
+    assert (sys_ / "block/sdc/device/delete").read_text() == "1"
+    scsi.delete("sdz")  # already gone: fine
+
+
+def make_map(tmp_path: Path, slaves: list[str]) -> tuple[Path, Path]:
+    dev, sys_ = tmp_path / "dev", tmp_path / "sys"
+    (dev / "mapper").mkdir(parents=True)
+    (dev / "dm-3").write_text("")
+    os.symlink(dev / "dm-3", dev / "mapper" / WWID)
+    (sys_ / "block/dm-3/slaves").mkdir(parents=True)
+    for s in slaves:
+        (sys_ / "block/dm-3/slaves" / s).write_text("")
+    return dev, sys_
+
+
+def test_map_is_found_with_all_its_paths(tmp_path: Path) -> None:
+    dev, sys_ = make_map(tmp_path, ["sdb", "sdc"])
+    mp = Multipath(FakeRunner(), dev=dev, sysfs=sys_)
+    assert mp.wait_for_map(WWID, ["sdb", "sdc"], timeout=1) == dev / "mapper" / WWID
+
+
+def test_map_missing_a_path_times_out_with_a_useful_message(tmp_path: Path) -> None:
+    dev, sys_ = make_map(tmp_path, ["sdb"])
+    runner = FakeRunner()
+    mp = Multipath(runner, dev=dev, sysfs=sys_, poll_interval=0.01)
+    with pytest.raises(DeadlineExceeded) as err:
+        mp.wait_for_map(WWID, ["sdb", "sdc"], timeout=0.2, nudge_after=0.05)
+    assert "sdc" in str(err.value) and err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert ("multipath", WWID) in runner.calls
+
+
+def test_flush_retries_and_then_reports_busy(tmp_path: Path) -> None:
+    dev, sys_ = make_map(tmp_path, ["sdb"])
+    runner = FakeRunner()
+    runner.on(["multipath", "-f"], returncode=1)
+    mp = Multipath(runner, dev=dev, sysfs=sys_)
+    with pytest.raises(MapBusy):
+        mp.flush(WWID, retries=2, delay=0)
+    assert runner.calls.count(("multipath", "-f", WWID)) == 3
+
+
+def test_flush_of_a_missing_map_runs_nothing(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    Multipath(runner, dev=tmp_path, sysfs=tmp_path).flush(WWID)
+    assert runner.calls == []
