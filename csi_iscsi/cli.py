@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -17,11 +18,14 @@ from csi_iscsi.contract import DEFAULT_TARGET_IQN_PREFIX, DEFAULT_ZONE, NODE_NAM
 from csi_iscsi.errors import CsiIscsiError
 from csi_iscsi.host.initiator import DEFAULT_FILE, read_initiator_name
 from csi_iscsi.host.runner import SubprocessRunner
-from csi_iscsi.readiness import controller_ready, node_ready
+from csi_iscsi.readiness import node_ready
 from csi_iscsi.server import CsiServer, Services
 from csi_iscsi.servicers.controller import ControllerServicer
 from csi_iscsi.servicers.identity import IdentityServicer
 from csi_iscsi.servicers.node import NodeIdentity, NodeServicer
+from csi_iscsi.target.pools import Pool, parse_pool_spec
+from csi_iscsi.target.saveconfig import DEBIAN_SAVE_FILE, SavedConfig
+from csi_iscsi.target.service import LioTargetService
 
 log = logging.getLogger("csi_iscsi")
 
@@ -43,11 +47,18 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--workers", type=int, default=8)
 
     controller = argparse.ArgumentParser(add_help=False)
-    controller.add_argument("--pool-dir", type=Path, default=Path("/var/lib/csi-iscsi/pool"),
-                            help="directory of the fileio pool")
+    controller.add_argument("--pool", action="append", default=[], metavar="SPEC",
+                            help="name=NAME,type=fileio,path=DIR[,overprovision=R] or "
+                                 "name=NAME,type=lvm-thin,vg=VG,thinpool=LV[,overprovision=R]; repeatable, "
+                                 "the first is the default (default: name=default,type=fileio,"
+                                 "path=/var/lib/csi-iscsi/pool)")
     controller.add_argument("--portal", action="append", default=[],
-                            help="ip:port the target listens on; repeat for multipath (default 0.0.0.0:3260)")
+                            help="ip:port the targets listen on; repeat for multipath")
     controller.add_argument("--target-iqn-prefix", default=DEFAULT_TARGET_IQN_PREFIX)
+    controller.add_argument("--state-dir", type=Path, default=Path("/var/lib/csi-iscsi/controller"),
+                            help="the controller's volume records (on the target node's disk)")
+    controller.add_argument("--saveconfig", type=Path, default=DEBIAN_SAVE_FILE,
+                            help="the LIO config file restored at boot (Debian: rtslib-fb-targetctl)")
 
     node = argparse.ArgumentParser(add_help=False)
     node.add_argument("--node-name", default=os.environ.get("NODE_NAME", ""),
@@ -84,9 +95,22 @@ def build_services(args: argparse.Namespace) -> Services:
         bad = [p for p in args.portal if not is_portal(p)]
         if bad:
             raise CsiIscsiError(f"--portal values {bad} are not ip:port")
-        pool_dir = args.pool_dir
-        checks.append(lambda: controller_ready(pool_dir))
-        controller = ControllerServicer()
+        if not args.portal:
+            raise CsiIscsiError("--portal is required (one per path; two or more give multipath)")
+        if not re.fullmatch(r"(iqn\.\d{4}-\d{2}\.[a-z0-9.-]+|eui\.[0-9A-F]{16})", args.target_iqn_prefix):
+            raise CsiIscsiError(f"--target-iqn-prefix {args.target_iqn_prefix!r} is not an iqn./eui. prefix")
+        specs = args.pool or ["name=default,type=fileio,path=/var/lib/csi-iscsi/pool"]
+        pools: dict[str, Pool] = {}
+        for spec in specs:
+            pool = parse_pool_spec(spec, runner)
+            if pool.name in pools:
+                raise CsiIscsiError(f"pool {pool.name} is configured twice")
+            pools[pool.name] = pool
+        target = LioTargetService(pools, args.portal, args.state_dir, SavedConfig(args.saveconfig),
+                                  args.target_iqn_prefix)
+        target.reconcile()
+        checks.append(target.ready)
+        controller = ControllerServicer(target)
     if args.mode in ("node", "all"):
         node = NodeServicer(_node_identity(args))
         checks.append(lambda: node_ready(runner))

@@ -1,13 +1,267 @@
-"""The CSI Controller service."""
+"""The CSI Controller service: request checks, idempotency rules and status codes; the volumes
+themselves are the target backend's (csi_iscsi.target.api.TargetBackend)."""
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
+from csi_iscsi import contract
+from csi_iscsi.contract import AUTH_MODES, NodeId, Parameters, PublishContext, SecretKeys, VolumeContext
 from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
+from csi_iscsi.errors import Aborted, AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, OutOfRange
+from csi_iscsi.locks import VolumeLocks
+from csi_iscsi.target.api import TargetBackend, VolumeSpec
+from csi_iscsi.target.lio import TargetChap
+from csi_iscsi.target.pools import SIZE_ALIGN, align
+from csi_iscsi.target.records import VolumeRecord
+from csi_iscsi.volume_capabilities import READONLY_MODES, check_all, check_one, is_single_node
+
+DEFAULT_SIZE = 1024 * 1024 * 1024
+_CHAP_VALUE = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+Cap = csi_pb2.ControllerServiceCapability.RPC
+CAPABILITIES = [
+    Cap.CREATE_DELETE_VOLUME, Cap.PUBLISH_UNPUBLISH_VOLUME, Cap.LIST_VOLUMES, Cap.GET_CAPACITY,
+    Cap.PUBLISH_READONLY, Cap.EXPAND_VOLUME, Cap.LIST_VOLUMES_PUBLISHED_NODES, Cap.SINGLE_NODE_MULTI_WRITER,
+]
+
+
+def _capacity(cr: csi_pb2.CapacityRange) -> int:
+    required, limit = cr.required_bytes, cr.limit_bytes
+    if required < 0 or limit < 0:
+        raise InvalidArgument("capacity_range bytes must not be negative")
+    if limit and required > limit:
+        raise InvalidArgument(f"capacity_range required_bytes {required} exceeds limit_bytes {limit}")
+    size = align(required or DEFAULT_SIZE)
+    if limit and size > limit:
+        size = limit // SIZE_ALIGN * SIZE_ALIGN
+        if size < max(required, 1):
+            raise OutOfRange(f"no size that is a multiple of {SIZE_ALIGN} bytes fits between "
+                             f"{required} and {limit} bytes")
+    return size
+
+
+def _fits(record: VolumeRecord, cr: csi_pb2.CapacityRange) -> bool:
+    return record.capacity_bytes >= cr.required_bytes and (
+        not cr.limit_bytes or record.capacity_bytes <= cr.limit_bytes)
 
 
 class ControllerServicer(csi_pb2_grpc.ControllerServicer):
+    def __init__(self, target: TargetBackend) -> None:
+        self._target = target
+        self._locks = VolumeLocks()
+
+    # Helpers -------------------------------------------------------------------------------------
+
+    def _parameters(self, params: dict[str, str]) -> tuple[str, str, dict[str, str]]:
+        own = {k: v for k, v in params.items() if not k.startswith(Parameters.KUBERNETES_PREFIX)}
+        unknown = sorted(set(own) - {Parameters.POOL, Parameters.AUTHENTICATION})
+        if unknown:
+            raise InvalidArgument(f"unknown StorageClass parameters {unknown}; known: "
+                                  f"{[Parameters.POOL, Parameters.AUTHENTICATION]} (see docs/contract.md)")
+        pool = own.get(Parameters.POOL) or self._target.default_pool()
+        if pool not in self._target.pools():
+            raise InvalidArgument(f"pool {pool!r} is not configured; pools: {sorted(self._target.pools())}")
+        auth = own.get(Parameters.AUTHENTICATION, "none")
+        if auth not in AUTH_MODES:
+            raise InvalidArgument(f"authentication must be one of {list(AUTH_MODES)}, not {auth!r}")
+        own[Parameters.POOL] = pool
+        own[Parameters.AUTHENTICATION] = auth
+        return pool, auth, own
+
+    def _volume_context(self, record: VolumeRecord) -> dict[str, str]:
+        return {
+            VolumeContext.TARGET_IQN: self._target.target_iqn(record.volume_id),
+            VolumeContext.PORTALS: ",".join(self._target.portals),
+            VolumeContext.LUN: "0",
+            VolumeContext.WWID: contract.wwid(record.volume_id),
+            VolumeContext.POOL: record.pool,
+        }
+
+    def _volume(self, record: VolumeRecord) -> csi_pb2.Volume:
+        return csi_pb2.Volume(volume_id=record.volume_id, capacity_bytes=record.capacity_bytes,
+                              volume_context=self._volume_context(record))
+
+    def _record(self, volume_id: str) -> VolumeRecord:
+        record = self._target.get(volume_id) if contract.is_volume_id(volume_id) else None
+        if record is None:
+            raise NotFound(f"volume {volume_id!r} does not exist")
+        return record
+
+    @staticmethod
+    def _chap(auth: str, secrets: dict[str, str]) -> TargetChap | None:
+        if auth == "none":
+            return None
+        needed = [SecretKeys.USER, SecretKeys.PASSWORD]
+        if auth == "mutual":
+            needed += [SecretKeys.MUTUAL_USER, SecretKeys.MUTUAL_PASSWORD]
+        missing = [k for k in needed if not secrets.get(k)]
+        if missing:
+            raise InvalidArgument(f"the volume requires {auth} CHAP but the controller-publish secret lacks "
+                                  f"{missing} (csi.storage.k8s.io/controller-publish-secret-name)")
+        bad = [k for k in needed if not _CHAP_VALUE.fullmatch(secrets[k])]
+        if bad:
+            raise InvalidArgument(f"secret values {bad} must be 1-255 printable ASCII characters without spaces")
+        return TargetChap(secrets[SecretKeys.USER], secrets[SecretKeys.PASSWORD],
+                          secrets.get(SecretKeys.MUTUAL_USER, "") if auth == "mutual" else "",
+                          secrets.get(SecretKeys.MUTUAL_PASSWORD, "") if auth == "mutual" else "")
+
+    # RPCs ----------------------------------------------------------------------------------------
+
+    def CreateVolume(self, request: csi_pb2.CreateVolumeRequest,
+                     context: grpc.ServicerContext) -> csi_pb2.CreateVolumeResponse:
+        if not request.name:
+            raise InvalidArgument("name is required")
+        requested = check_all(request.volume_capabilities)
+        if request.HasField("volume_content_source"):
+            raise InvalidArgument("volume content sources (clones, snapshots) are not supported by csi-iscsi")
+        if request.mutable_parameters:
+            raise InvalidArgument("mutable_parameters are not supported (no ModifyVolume)")
+        pool, auth, params = self._parameters(dict(request.parameters))
+        size = _capacity(request.capacity_range)
+        volume_id = contract.volume_id_for_name(request.name)
+        with self._locks.hold(volume_id, "CreateVolume"):
+            existing = self._target.get(volume_id)
+            if existing is not None:
+                if existing.name != request.name:
+                    raise Internal(f"volume id {volume_id} collides for two names; rename the claim")
+                if not _fits(existing, request.capacity_range) or existing.parameters != params \
+                        or existing.access_type != requested.access_type:
+                    raise AlreadyExists(
+                        f"volume {request.name!r} exists ({existing.capacity_bytes} bytes, {existing.access_type}, "
+                        f"{existing.parameters}) and does not match this request")
+            record = self._target.create(VolumeSpec(
+                volume_id=volume_id, name=request.name, pool=pool,
+                capacity_bytes=existing.capacity_bytes if existing else size,
+                access_type=requested.access_type, access_modes=requested.modes, parameters=params,
+                authentication=auth))
+        return csi_pb2.CreateVolumeResponse(volume=self._volume(record))
+
+    def DeleteVolume(self, request: csi_pb2.DeleteVolumeRequest,
+                     context: grpc.ServicerContext) -> csi_pb2.DeleteVolumeResponse:
+        if not request.volume_id:
+            raise InvalidArgument("volume_id is required")
+        if contract.is_volume_id(request.volume_id):
+            with self._locks.hold(request.volume_id, "DeleteVolume"):
+                self._target.delete(request.volume_id)
+        return csi_pb2.DeleteVolumeResponse()
+
+    def ControllerPublishVolume(self, request: csi_pb2.ControllerPublishVolumeRequest,
+                                context: grpc.ServicerContext) -> csi_pb2.ControllerPublishVolumeResponse:
+        if not request.volume_id:
+            raise InvalidArgument("volume_id is required")
+        if not request.node_id:
+            raise InvalidArgument("node_id is required")
+        if not request.HasField("volume_capability"):
+            raise InvalidArgument("volume_capability is required")
+        cap = check_one(request.volume_capability)
+        record = self._record(request.volume_id)
+        node = NodeId.parse(request.node_id)
+        if node is None:
+            raise NotFound(f"node {request.node_id!r} is not a csi-iscsi node id (<node name>/<initiator IQN>)")
+        if cap.access_type != record.access_type:
+            raise InvalidArgument(f"volume {record.volume_id} is a {record.access_type} volume, "
+                                  f"not {cap.access_type}")
+        readonly = request.readonly or request.volume_capability.access_mode.mode in READONLY_MODES
+        chap = self._chap(record.authentication, dict(request.secrets))
+        with self._locks.hold(record.volume_id, "ControllerPublishVolume"):
+            record = self._record(request.volume_id)
+            grant = record.grants.get(str(node))
+            if grant is not None and grant.readonly != readonly:
+                raise AlreadyExists(f"volume {record.volume_id} is already published to {node} with "
+                                    f"readonly={grant.readonly}")
+            others = sorted(n for n in record.grants if n != str(node))
+            if others and (is_single_node(record.access_modes) or is_single_node(cap.modes)):
+                raise FailedPrecondition(f"volume {record.volume_id} is single-node and published to {others}; "
+                                         "unpublish it there first")
+            if others and not readonly:
+                raise FailedPrecondition(f"volume {record.volume_id} is published to {others}; "
+                                         "more nodes may only read it")
+            self._target.publish(record.volume_id, node, readonly, chap)
+        context_ = self._volume_context(record)
+        context_.pop(VolumeContext.POOL)
+        context_[PublishContext.AUTH] = record.authentication
+        return csi_pb2.ControllerPublishVolumeResponse(publish_context=context_)
+
+    def ControllerUnpublishVolume(self, request: csi_pb2.ControllerUnpublishVolumeRequest,
+                                  context: grpc.ServicerContext) -> csi_pb2.ControllerUnpublishVolumeResponse:
+        if not request.volume_id:
+            raise InvalidArgument("volume_id is required")
+        if not contract.is_volume_id(request.volume_id):
+            return csi_pb2.ControllerUnpublishVolumeResponse()
+        with self._locks.hold(request.volume_id, "ControllerUnpublishVolume"):
+            record = self._target.get(request.volume_id)
+            if record is None:
+                return csi_pb2.ControllerUnpublishVolumeResponse()
+            node_ids = [request.node_id] if request.node_id else list(record.grants)
+            for node_id in node_ids:
+                node = NodeId.parse(node_id)
+                if node is not None:
+                    self._target.unpublish(request.volume_id, node)
+        return csi_pb2.ControllerUnpublishVolumeResponse()
+
+    def ValidateVolumeCapabilities(self, request: csi_pb2.ValidateVolumeCapabilitiesRequest,
+                                   context: grpc.ServicerContext) -> csi_pb2.ValidateVolumeCapabilitiesResponse:
+        if not request.volume_id:
+            raise InvalidArgument("volume_id is required")
+        if not request.volume_capabilities:
+            raise InvalidArgument("volume_capabilities is required")
+        record = self._record(request.volume_id)
+        try:
+            requested = check_all(request.volume_capabilities)
+            if requested.access_type != record.access_type:
+                raise InvalidArgument(f"the volume is a {record.access_type} volume")
+            if request.parameters:
+                _, _, params = self._parameters(dict(request.parameters))
+                if params != record.parameters:
+                    raise InvalidArgument("the parameters differ from the volume's")
+        except InvalidArgument as exc:
+            return csi_pb2.ValidateVolumeCapabilitiesResponse(message=str(exc))
+        return csi_pb2.ValidateVolumeCapabilitiesResponse(
+            confirmed=csi_pb2.ValidateVolumeCapabilitiesResponse.Confirmed(
+                volume_context=request.volume_context, volume_capabilities=request.volume_capabilities,
+                parameters=request.parameters))
+
+    def ListVolumes(self, request: csi_pb2.ListVolumesRequest,
+                    context: grpc.ServicerContext) -> csi_pb2.ListVolumesResponse:
+        if request.max_entries < 0:
+            raise InvalidArgument("max_entries must not be negative")
+        if request.starting_token and not contract.is_volume_id(request.starting_token):
+            raise Aborted(f"starting_token {request.starting_token!r} is not one this driver issued")
+        records, token = self._target.page(request.starting_token, request.max_entries)
+        entries = [csi_pb2.ListVolumesResponse.Entry(
+            volume=self._volume(r),
+            status=csi_pb2.ListVolumesResponse.VolumeStatus(published_node_ids=sorted(r.grants)))
+            for r in records]
+        return csi_pb2.ListVolumesResponse(entries=entries, next_token=token)
+
+    def GetCapacity(self, request: csi_pb2.GetCapacityRequest,
+                    context: grpc.ServicerContext) -> csi_pb2.GetCapacityResponse:
+        if request.volume_capabilities:
+            check_all(request.volume_capabilities)
+        pool, _, _ = self._parameters(dict(request.parameters))
+        available = self._target.available_bytes(pool)
+        return csi_pb2.GetCapacityResponse(
+            available_capacity=available, maximum_volume_size={"value": available},
+            minimum_volume_size={"value": SIZE_ALIGN})
+
     def ControllerGetCapabilities(self, request: csi_pb2.ControllerGetCapabilitiesRequest,
                                   context: grpc.ServicerContext) -> csi_pb2.ControllerGetCapabilitiesResponse:
-        return csi_pb2.ControllerGetCapabilitiesResponse(capabilities=[])
+        return csi_pb2.ControllerGetCapabilitiesResponse(capabilities=[
+            csi_pb2.ControllerServiceCapability(rpc=csi_pb2.ControllerServiceCapability.RPC(type=c))
+            for c in CAPABILITIES])
+
+    def ControllerExpandVolume(self, request: csi_pb2.ControllerExpandVolumeRequest,
+                               context: grpc.ServicerContext) -> csi_pb2.ControllerExpandVolumeResponse:
+        if not request.volume_id:
+            raise InvalidArgument("volume_id is required")
+        if not request.HasField("capacity_range"):
+            raise InvalidArgument("capacity_range is required")
+        record = self._record(request.volume_id)
+        size = _capacity(request.capacity_range)
+        with self._locks.hold(record.volume_id, "ControllerExpandVolume"):
+            record = self._target.expand(record.volume_id, size)
+        return csi_pb2.ControllerExpandVolumeResponse(
+            capacity_bytes=record.capacity_bytes, node_expansion_required=record.access_type == "mount")

@@ -13,7 +13,13 @@ from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
 
 # What the driver as a whole implements; both plugins report the same list (csi-sanity reads it
 # from the node's socket). Grows only with what is implemented.
-PLUGIN_CAPABILITIES: list[csi_pb2.PluginCapability] = []
+PLUGIN_CAPABILITIES = [
+    csi_pb2.PluginCapability(service=csi_pb2.PluginCapability.Service(
+        type=csi_pb2.PluginCapability.Service.CONTROLLER_SERVICE)),
+    # lvm-thin volumes grow while published; fileio ones answer FAILED_PRECONDITION until unpublished.
+    csi_pb2.PluginCapability(volume_expansion=csi_pb2.PluginCapability.VolumeExpansion(
+        type=csi_pb2.PluginCapability.VolumeExpansion.ONLINE)),
+]
 
 ReadinessCheck = Callable[[], tuple[bool, str]]
 

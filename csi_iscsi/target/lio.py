@@ -8,8 +8,10 @@ and must be serialised by the caller: configfs has no locking.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from csi_iscsi.errors import FailedPrecondition, NotFound
@@ -18,6 +20,8 @@ log = logging.getLogger(__name__)
 
 TPG_TAG = 1
 LUN_INDEX = 0
+HBA_INDEXES = 1 << 20  # LIO accepts HBA indexes below 2^20
+CONFIGFS = Path("/sys/kernel/config/target")
 
 
 @dataclass(frozen=True)
@@ -44,58 +48,84 @@ def _split_portal(portal: str) -> tuple[str, int]:
 
 
 class Lio:
-    def __init__(self) -> None:
+    def __init__(self, configfs: Path = CONFIGFS) -> None:
         self._rts = _rtslib()
         self._fabric = self._rts.FabricModule("iscsi")
+        self._core = configfs / "core"
 
     # Storage objects -------------------------------------------------------------------------
+    #
+    # rtslib finds a storage object's HBA index (core/fileio_N) through a per-process cache that
+    # goes stale as soon as anything else changes LIO (targetctl restore renumbers every HBA), and
+    # a stale cache can then hand out an HBA that is in use. So we never rely on it: a volume's
+    # object lives at an index derived from its name (first free slot of a short probe sequence,
+    # one stat each), an exported volume's object is found through its LUN 0 link, and only the
+    # rare paths (a retry after a crash, start-up reconciliation) search configfs by name.
 
-    def ensure_fileio(self, name: str, path: str, size: int, serial: str) -> None:
+    _DIRS = (("fileio", "FileIOStorageObject"), ("iblock", "BlockStorageObject"))
+    _PROBES = 16
+
+    def _probe(self, dirp: str, name: str) -> list[int]:
+        start = int(hashlib.sha256(name.encode()).hexdigest()[:5], 16)
+        return [(start + i) % HBA_INDEXES for i in range(self._PROBES)]
+
+    def _locate(self, name: str, iqn: str | None = None, thorough: bool = False) -> Any | None:
         rts = self._rts
-        try:
-            so = rts.FileIOStorageObject(name)
-        except rts.RTSLibNotInCFS:
-            rts.FileIOStorageObject(name, dev=path, size=size, wwn=serial, write_back=False)
-            return
-        if so.wwn != serial:
+        if iqn is not None:
+            with contextlib.suppress(NotFound, rts.RTSLibNotInCFS, rts.RTSLibError):
+                so = rts.LUN(self._tpg(iqn), LUN_INDEX).storage_object
+                if so.name == name:
+                    return so
+        for dirp, cls_name in self._DIRS:
+            for index in self._probe(dirp, name):
+                hba = self._core / f"{dirp}_{index}"
+                if not hba.is_dir():
+                    break
+                if (hba / name).is_dir():
+                    return getattr(rts, cls_name)(name, index=index)
+        if thorough:
+            for path in sorted(self._core.glob(f"*_*/{name}")):
+                hba_dir, hba_index = path.parent.name.rsplit("_", 1)
+                found = dict(self._DIRS).get(hba_dir)
+                if found:
+                    return getattr(rts, found)(name, index=int(hba_index))
+        return None
+
+    def _free_index(self, dirp: str, name: str) -> int:
+        for index in self._probe(dirp, name):
+            if not (self._core / f"{dirp}_{index}").exists():
+                return index
+        raise FailedPrecondition(f"no free LIO HBA index for {name} near its derived slot")
+
+    def ensure_fileio(self, name: str, path: str, size: int, serial: str, fresh: bool = False) -> None:
+        """fresh: the caller knows the object cannot exist yet (its record was just made)."""
+        so = None if fresh else self._locate(name, thorough=True)
+        if so is None:
+            self._rts.FileIOStorageObject(name, dev=path, size=size, wwn=serial, write_back=False,
+                                          index=self._free_index("fileio", name))
+        elif so.wwn != serial:
             raise FailedPrecondition(f"LIO storage object {name} exists with another unit serial")
 
-    def ensure_block(self, name: str, device: str, serial: str) -> None:
-        rts = self._rts
-        try:
-            so = rts.BlockStorageObject(name)
-        except rts.RTSLibNotInCFS:
-            rts.BlockStorageObject(name, dev=device, wwn=serial)
-            return
-        if so.wwn != serial:
+    def ensure_block(self, name: str, device: str, serial: str, fresh: bool = False) -> None:
+        so = None if fresh else self._locate(name, thorough=True)
+        if so is None:
+            self._rts.BlockStorageObject(name, dev=device, wwn=serial, index=self._free_index("iblock", name))
+        elif so.wwn != serial:
             raise FailedPrecondition(f"LIO storage object {name} exists with another unit serial")
 
-    def delete_storage_object(self, name: str) -> None:
-        rts = self._rts
-        for cls in (rts.FileIOStorageObject, rts.BlockStorageObject):
-            try:
-                cls(name).delete()
-            except rts.RTSLibNotInCFS:
-                continue
+    def delete_storage_object(self, name: str, iqn: str | None = None) -> None:
+        so = self._locate(name, iqn, thorough=True)
+        if so is not None:
+            so.delete()
 
-    def storage_object_exists(self, name: str) -> bool:
-        rts = self._rts
-        for cls in (rts.FileIOStorageObject, rts.BlockStorageObject):
-            try:
-                cls(name)
-                return True
-            except rts.RTSLibNotInCFS:
-                continue
-        return False
+    def storage_object_exists(self, name: str, iqn: str | None = None) -> bool:
+        return self._locate(name, iqn, thorough=True) is not None
 
-    def _storage_object(self, name: str) -> Any:
-        rts = self._rts
-        for cls in (rts.FileIOStorageObject, rts.BlockStorageObject):
-            try:
-                return cls(name)
-            except rts.RTSLibNotInCFS:
-                continue
-        raise NotFound(f"LIO storage object {name} does not exist")
+    def _storage_object(self, name: str, iqn: str | None = None) -> Any:
+        so = self._locate(name, iqn, thorough=True)
+        if so is None:
+            raise NotFound(f"LIO storage object {name} does not exist")
+        return so
 
     # Targets -----------------------------------------------------------------------------------
 
@@ -172,3 +202,27 @@ class Lio:
             return sorted(acl.node_wwn for acl in self._tpg(iqn).node_acls)
         except NotFound:
             return []
+
+    # Saved configuration -------------------------------------------------------------------------
+
+    def dump(self, storage_object: str, iqn: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The saveconfig entries of one volume's objects (None where an object does not exist)."""
+        rts = self._rts
+        so = self._locate(storage_object, iqn, thorough=True)
+        so_dump = so.dump() if so is not None else None
+        target_dump = None
+        with contextlib.suppress(rts.RTSLibNotInCFS):
+            target_dump = rts.Target(self._fabric, iqn, mode="lookup").dump()
+        return so_dump, target_dump
+
+    def restore(self, so_dump: dict[str, Any] | None, target_dump: dict[str, Any] | None) -> list[str]:
+        """Recreate one volume's objects from their saved entries; returns rtslib's non-fatal errors."""
+        config = {"storage_objects": [so_dump] if so_dump else [], "targets": [target_dump] if target_dump else []}
+        root = self._rts.RTSRoot()
+        root.invalidate_caches()  # restore allocates HBA indexes through rtslib's cache: make it true
+        errors: list[str] = root.restore(config, clear_existing=False)
+        return errors
+
+    def target_iqns(self, prefix: str) -> list[str]:
+        """Every target whose IQN starts with prefix. Walks configfs: start-up reconciliation only."""
+        return sorted(t.wwn for t in self._fabric.targets if t.wwn.startswith(prefix))

@@ -37,8 +37,9 @@ def plugins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path
     pool.mkdir(parents=True, exist_ok=True)
     socks = {"controller": run / "controller.sock", "node": run / "node.sock"}
     procs = [
-        _serve("controller", socks["controller"], "--pool-dir", str(pool),
-               "--portal", "127.0.0.11:3260", "--portal", "127.0.0.12:3260"),
+        _serve("controller", socks["controller"], "--pool", f"name=default,type=fileio,path={pool}",
+               "--portal", "127.0.0.11:3260", "--portal", "127.0.0.12:3260",
+               "--state-dir", str(run / "state"), "--saveconfig", str(run / "saveconfig.json")),
         _serve("node", socks["node"], "--node-name", "testbed"),
     ]
     try:
@@ -71,7 +72,7 @@ def test_node_get_info_carries_the_initiator_iqn(plugins: dict[str, Path], initi
 
 def test_unimplemented_calls_say_so(plugins: dict[str, Path]) -> None:
     with grpc.insecure_channel(f"unix:{plugins['controller']}") as channel, pytest.raises(grpc.RpcError) as err:
-        csi_pb2_grpc.ControllerStub(channel).CreateVolume(csi_pb2.CreateVolumeRequest(name="x"), timeout=10)
+        csi_pb2_grpc.ControllerStub(channel).CreateSnapshot(csi_pb2.CreateSnapshotRequest(name="x"), timeout=10)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

@@ -1,0 +1,28 @@
+"""Per-volume operation locks: a second call on a volume in flight gets ABORTED, never a half state."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from csi_iscsi.errors import Aborted
+
+
+class VolumeLocks:
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._busy: dict[str, str] = {}
+
+    @contextmanager
+    def hold(self, volume_id: str, operation: str) -> Iterator[None]:
+        with self._guard:
+            if volume_id in self._busy:
+                raise Aborted(f"an operation ({self._busy[volume_id]}) on volume {volume_id} is in progress; "
+                              "retry later")
+            self._busy[volume_id] = operation
+        try:
+            yield
+        finally:
+            with self._guard:
+                del self._busy[volume_id]

@@ -1,0 +1,66 @@
+"""Which CSI volume capabilities csi-iscsi serves, checked the same way by both plugins."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from csi_iscsi.csi import csi_pb2
+from csi_iscsi.errors import InvalidArgument
+from csi_iscsi.host.filesystem import check_fstype, check_mount_flags
+
+Mode = csi_pb2.VolumeCapability.AccessMode
+SINGLE_NODE_MODES = frozenset({
+    Mode.SINGLE_NODE_WRITER, Mode.SINGLE_NODE_READER_ONLY, Mode.SINGLE_NODE_SINGLE_WRITER,
+    Mode.SINGLE_NODE_MULTI_WRITER,
+})
+# Many readers of one raw device are safe when every mapping is write-protected; many writers, or a
+# filesystem mounted on several nodes, are not, so those modes are refused.
+BLOCK_ONLY_MODES = frozenset({Mode.MULTI_NODE_READER_ONLY})
+READONLY_MODES = frozenset({Mode.SINGLE_NODE_READER_ONLY, Mode.MULTI_NODE_READER_ONLY})
+
+
+@dataclass(frozen=True)
+class Requested:
+    access_type: str  # "mount" or "block"
+    modes: tuple[str, ...]
+    fs_type: str
+    mount_flags: tuple[str, ...]
+
+
+def mode_name(mode: int) -> str:
+    return str(Mode.Mode.Name(mode))
+
+
+def check_one(cap: csi_pb2.VolumeCapability) -> Requested:
+    flags: tuple[str, ...] = ()
+    if cap.HasField("block"):
+        access_type, fs_type = "block", ""
+    elif cap.HasField("mount"):
+        access_type = "mount"
+        fs_type = check_fstype(cap.mount.fs_type)
+        flags = tuple(check_mount_flags(list(cap.mount.mount_flags)))
+    else:
+        raise InvalidArgument("a volume capability needs an access type: mount or block")
+    mode = cap.access_mode.mode
+    if mode not in SINGLE_NODE_MODES and not (access_type == "block" and mode in BLOCK_ONLY_MODES):
+        raise InvalidArgument(
+            f"access mode {mode_name(mode)} is not supported for {access_type} volumes; supported: "
+            "SINGLE_NODE_WRITER, SINGLE_NODE_READER_ONLY, SINGLE_NODE_SINGLE_WRITER, SINGLE_NODE_MULTI_WRITER, "
+            "and MULTI_NODE_READER_ONLY for block volumes")
+    return Requested(access_type, (mode_name(mode),), fs_type, flags)
+
+
+def check_all(caps: Iterable[csi_pb2.VolumeCapability]) -> Requested:
+    checked = [check_one(c) for c in caps]
+    if not checked:
+        raise InvalidArgument("volume_capabilities is required")
+    types = {c.access_type for c in checked}
+    if len(types) > 1:
+        raise InvalidArgument("a volume is either mount or block, not both")
+    modes = tuple(sorted({m for c in checked for m in c.modes}))
+    return Requested(checked[0].access_type, modes, checked[0].fs_type, checked[0].mount_flags)
+
+
+def is_single_node(modes: Iterable[str]) -> bool:
+    return any(Mode.Mode.Value(m) in SINGLE_NODE_MODES for m in modes)

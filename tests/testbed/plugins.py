@@ -1,0 +1,81 @@
+"""Running the plugins as real processes in the VM and talking to them over their sockets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
+
+PORTALS = ["127.0.0.11:3260", "127.0.0.12:3260"]
+GiB = 1024 * 1024 * 1024
+MiB = 1024 * 1024
+
+
+@dataclass
+class Plugin:
+    sock: Path
+    proc: subprocess.Popen[bytes]
+    channel: grpc.Channel
+
+    @property
+    def identity(self) -> csi_pb2_grpc.IdentityStub:
+        return csi_pb2_grpc.IdentityStub(self.channel)
+
+    @property
+    def controller(self) -> csi_pb2_grpc.ControllerStub:
+        return csi_pb2_grpc.ControllerStub(self.channel)
+
+    @property
+    def node(self) -> csi_pb2_grpc.NodeStub:
+        return csi_pb2_grpc.NodeStub(self.channel)
+
+
+def controller_args(state: Path, pools: list[str], saveconfig: Path | None = None) -> list[str]:
+    args = ["controller", "--state-dir", str(state)]
+    for portal in PORTALS:
+        args += ["--portal", portal]
+    for pool in pools:
+        args += ["--pool", pool]
+    if saveconfig is not None:
+        args += ["--saveconfig", str(saveconfig)]
+    return args
+
+
+@contextmanager
+def running(args: list[str], sock: Path, log: Path | None = None) -> Iterator[Plugin]:
+    """One plugin process serving on sock; stopped with SIGTERM (and checked to stop cleanly)."""
+    out = open(log, "ab") if log else None  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "csi_iscsi", args[0], "--endpoint", f"unix://{sock}", *args[1:]],
+                            stdout=out, stderr=out)
+    channel = grpc.insecure_channel(f"unix:{sock}")
+    try:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=60)
+        except grpc.FutureTimeoutError:
+            raise RuntimeError(f"plugin {args[0]} did not start (exit {proc.poll()})") from None
+        yield Plugin(sock, proc, channel)
+    finally:
+        channel.close()
+        proc.terminate()
+        rc = proc.wait(timeout=60)
+        if out:
+            out.close()
+        assert rc == 0, f"plugin {args[0]} exited with {rc} on SIGTERM"
+
+
+def mount_cap(mode: int = csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_WRITER,
+              fs_type: str = "ext4") -> csi_pb2.VolumeCapability:
+    return csi_pb2.VolumeCapability(mount=csi_pb2.VolumeCapability.MountVolume(fs_type=fs_type),
+                                    access_mode=csi_pb2.VolumeCapability.AccessMode(mode=mode))
+
+
+def block_cap(mode: int = csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_WRITER) -> csi_pb2.VolumeCapability:
+    return csi_pb2.VolumeCapability(block=csi_pb2.VolumeCapability.BlockVolume(),
+                                    access_mode=csi_pb2.VolumeCapability.AccessMode(mode=mode))

@@ -1,0 +1,183 @@
+"""The controller plugin on real LIO, driven over its socket: volumes, ACLs, CHAP, persistence."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from csi_iscsi.contract import NodeId
+from csi_iscsi.csi import csi_pb2
+from csi_iscsi.errors import Unavailable
+from csi_iscsi.host.attach import Attacher, AttachTimeouts
+from csi_iscsi.host.iscsiadm import Chap, Iscsiadm, SessionSettings
+from csi_iscsi.host.multipath import Multipath
+from csi_iscsi.host.runner import SubprocessRunner
+from csi_iscsi.host.scsi import Scsi
+from csi_iscsi.target.lio import Lio
+
+from .plugins import PORTALS, MiB, Plugin, controller_args, mount_cap, running
+
+SAVEFILE = Path("/etc/rtslib-fb-target/saveconfig.json")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[dict[str, Path]]:
+    pool = Path("/var/tmp/csi-iscsi-ctrl-pool")
+    pool.mkdir(parents=True, exist_ok=True)
+    state = Path("/var/lib/csi-iscsi-test/controller")
+    paths = {"pool": pool, "state": state, "sock": tmp_path / "controller.sock", "log": tmp_path / "ctrl.log"}
+    yield paths
+    # Whatever a failed test left: remove our targets and records so the next test starts clean.
+    lio = Lio()
+    for iqn in lio.target_iqns("iqn.2026-11.io.csi-iscsi:"):
+        lio.delete_target(iqn)
+    subprocess.run(["rm", "-rf", str(state), str(pool)], check=False)
+    subprocess.run(["iscsiadm", "-m", "node", "-o", "delete"], check=False, capture_output=True)
+
+
+def start(env: dict[str, Path]) -> Iterator[Plugin]:
+    return running(controller_args(env["state"], [f"name=default,type=fileio,path={env['pool']}"],
+                                   SAVEFILE), env["sock"], env["log"])
+
+
+def attacher(login_timeout: int = 5) -> Attacher:
+    runner = SubprocessRunner()
+    return Attacher(Iscsiadm(runner), Scsi(), Multipath(runner),
+                    SessionSettings(login_timeout=login_timeout, login_retries=0, replacement_timeout=5),
+                    AttachTimeouts(login=20, device=20, multipath_map=20, detach=30))
+
+
+def create(plugin: Plugin, name: str, size: int = 64 * MiB, **params: str) -> csi_pb2.Volume:
+    return plugin.controller.CreateVolume(csi_pb2.CreateVolumeRequest(
+        name=name, capacity_range=csi_pb2.CapacityRange(required_bytes=size),
+        volume_capabilities=[mount_cap()], parameters=params), timeout=60).volume
+
+
+def publish(plugin: Plugin, volume_id: str, node: NodeId, secrets: dict[str, str] | None = None,
+            readonly: bool = False) -> dict[str, str]:
+    return dict(plugin.controller.ControllerPublishVolume(csi_pb2.ControllerPublishVolumeRequest(
+        volume_id=volume_id, node_id=str(node), volume_capability=mount_cap(), readonly=readonly,
+        secrets=secrets or {}), timeout=60).publish_context)
+
+
+def unpublish(plugin: Plugin, volume_id: str, node: NodeId) -> None:
+    plugin.controller.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(
+        volume_id=volume_id, node_id=str(node)), timeout=60)
+
+
+def delete(plugin: Plugin, volume_id: str) -> None:
+    plugin.controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume_id), timeout=60)
+
+
+def test_publish_lets_the_node_in_and_unpublish_cuts_it_off(env: dict[str, Path], initiator_iqn: str) -> None:
+    me = NodeId("testbed", initiator_iqn)
+    att = attacher()
+    with start(env) as plugin:
+        volume = create(plugin, "pvc-acl")
+        ctx = dict(volume.volume_context)
+        assert ctx["portals"] == ",".join(PORTALS) and ctx["lun"] == "0"
+        pctx = publish(plugin, volume.volume_id, me)
+        assert pctx["authentication"] == "none" and pctx["wwid"] == ctx["wwid"]
+        attachment = att.attach(pctx["targetIQN"], PORTALS, 0, pctx["wwid"])
+        assert len(attachment.paths) == 2
+        with open(attachment.device, "rb") as dev:
+            assert len(dev.read(4096)) == 4096
+        unpublish(plugin, volume.volume_id, me)
+        # The ACL is gone: the sessions are dropped, and a new login is refused.
+        att.detach(pctx["targetIQN"], 0, pctx["wwid"])
+        with pytest.raises(Unavailable, match="failed on every portal"):
+            att.attach(pctx["targetIQN"], PORTALS, 0, pctx["wwid"])
+        delete(plugin, volume.volume_id)
+        assert not Lio().target_exists(pctx["targetIQN"])
+        assert not (env["pool"] / f"{volume.volume_id}.img").exists()
+
+
+def test_chap_is_required_and_a_wrong_password_is_refused(env: dict[str, Path], initiator_iqn: str) -> None:
+    me = NodeId("testbed", initiator_iqn)
+    secrets = {"chapUser": "testbed-user", "chapPassword": "right-password-123"}
+    att = attacher()
+    with start(env) as plugin:
+        volume = create(plugin, "pvc-chap", authentication="chap")
+        with pytest.raises(grpc.RpcError) as err:
+            publish(plugin, volume.volume_id, me)  # no secret
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "chapPassword" in err.value.details()
+        pctx = publish(plugin, volume.volume_id, me, secrets)
+        assert pctx["authentication"] == "chap"
+        with pytest.raises(Unavailable):
+            att.attach(pctx["targetIQN"], PORTALS, 0, pctx["wwid"], Chap("testbed-user", "wrong-password-456"))
+        attachment = att.attach(pctx["targetIQN"], PORTALS, 0, pctx["wwid"],
+                                Chap("testbed-user", "right-password-123"))
+        assert len(attachment.paths) == 2
+        att.detach(pctx["targetIQN"], 0, pctx["wwid"])
+        unpublish(plugin, volume.volume_id, me)
+        delete(plugin, volume.volume_id)
+    log = env["log"].read_text()
+    assert "right-password-123" not in log and "wrong-password-456" not in log
+    assert "ControllerPublishVolume request" in log
+
+
+def test_everything_survives_a_controller_restart_and_a_target_service_restart(
+        env: dict[str, Path], initiator_iqn: str) -> None:
+    me = NodeId("testbed", initiator_iqn)
+    with start(env) as plugin:
+        ids = [create(plugin, f"pvc-keep-{i}", authentication="chap" if i == 0 else "none").volume_id
+               for i in range(3)]
+        secrets = {"chapUser": "keep-user", "chapPassword": "keep-password-1"}
+        publish(plugin, ids[0], me, secrets)
+        publish(plugin, ids[1], me, readonly=True)
+    mode = stat.S_IMODE(os.stat(SAVEFILE).st_mode)
+    assert mode == 0o600, oct(mode)
+    saved = json.loads(SAVEFILE.read_text())
+    assert {so["name"] for so in saved["storage_objects"]} >= set(ids)
+
+    def check(plugin: Plugin) -> None:
+        listed = plugin.controller.ListVolumes(csi_pb2.ListVolumesRequest(), timeout=30).entries
+        by_id = {e.volume.volume_id: list(e.status.published_node_ids) for e in listed}
+        assert by_id == {ids[0]: [str(me)], ids[1]: [str(me)], ids[2]: []}
+        lio = Lio()
+        for vid in ids:
+            assert lio.storage_object_exists(vid)
+        assert lio.initiators(f"iqn.2026-11.io.csi-iscsi:{ids[0]}") == [initiator_iqn]
+        assert lio.initiators(f"iqn.2026-11.io.csi-iscsi:{ids[2]}") == []
+
+    with start(env) as plugin:
+        check(plugin)
+    # The target node's LIO service: stop clears configfs, start restores from the saved file.
+    subprocess.run(["systemctl", "restart", "rtslib-fb-targetctl.service"], check=True)
+    with start(env) as plugin:
+        check(plugin)
+        att = attacher()
+        iqn = f"iqn.2026-11.io.csi-iscsi:{ids[0]}"
+        ctx = {e.volume.volume_id: dict(e.volume.volume_context) for e in
+               plugin.controller.ListVolumes(csi_pb2.ListVolumesRequest(), timeout=30).entries}
+        wwid = ctx[ids[0]]["wwid"]
+        attachment = att.attach(iqn, PORTALS, 0, wwid, Chap("keep-user", "keep-password-1"))
+        assert len(attachment.paths) == 2
+        att.detach(iqn, 0, wwid)
+        for vid in ids[:2]:
+            unpublish(plugin, vid, me)
+        for vid in ids:
+            delete(plugin, vid)
+    assert Lio().target_iqns("iqn.2026-11.io.csi-iscsi:") == []
+
+
+def test_lio_lost_at_runtime_is_restored_at_controller_start(env: dict[str, Path], initiator_iqn: str) -> None:
+    me = NodeId("testbed", initiator_iqn)
+    with start(env) as plugin:
+        vid = create(plugin, "pvc-drift").volume_id
+        publish(plugin, vid, me)
+    iqn = f"iqn.2026-11.io.csi-iscsi:{vid}"
+    Lio().delete_target(iqn)  # someone removed the target behind the controller's back
+    with start(env) as plugin:
+        assert Lio().initiators(iqn) == [initiator_iqn]
+        assert "restoring" in env["log"].read_text()
+        unpublish(plugin, vid, me)
+        delete(plugin, vid)
