@@ -11,6 +11,7 @@ from csi_iscsi.errors import DeadlineExceeded
 from csi_iscsi.host.runner import CommandFailed, Runner
 
 MULTIPATH = "multipath"
+MULTIPATHD = "multipathd"
 
 
 class MapBusy(CommandFailed):
@@ -66,6 +67,16 @@ class Multipath:
                 nudged = True
                 self._runner.run([MULTIPATH, wwid], ok_codes=(0, 1))
             time.sleep(self._poll)
+
+    def size_bytes(self, wwid: str) -> int:
+        dm = self.dm_name(wwid)
+        if dm is None:
+            return 0
+        return int((self._sys / "block" / dm / "size").read_text()) * 512
+
+    def resize(self, wwid: str) -> None:
+        """Make the map take the size its (rescanned) paths now report."""
+        self._runner.run([MULTIPATHD, "resize", "map", wwid], timeout=60)
 
     def flush(self, wwid: str, *, retries: int = 5, delay: float = 1.0) -> None:
         """Flush and remove the map; waits for queued I/O, never drops it."""

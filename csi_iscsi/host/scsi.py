@@ -63,6 +63,13 @@ class Scsi:
     def exists(self, device: str) -> bool:
         return (self._sys / "block" / device).exists()
 
+    def size_bytes(self, device: str) -> int:
+        return int((self._sys / "block" / device / "size").read_text()) * 512
+
+    def rescan(self, device: str) -> None:
+        """Ask the device to re-read its capacity (after the target grew the LUN)."""
+        (self._sys / "block" / device / "device/rescan").write_text("1")
+
     def delete(self, device: str) -> None:
         """Remove the SCSI device from the kernel (after its data was flushed and its map removed)."""
         with contextlib.suppress(FileNotFoundError):  # already gone

@@ -181,3 +181,85 @@ def test_lio_lost_at_runtime_is_restored_at_controller_start(env: dict[str, Path
         assert "restoring" in env["log"].read_text()
         unpublish(plugin, vid, me)
         delete(plugin, vid)
+
+
+@pytest.fixture
+def thin_vg() -> Iterator[str]:
+    """An LVM thin pool on a loop device inside the VM: volume group csitest, thin pool thin."""
+    image = Path("/var/tmp/csitest-thin.img")
+    subprocess.run(["truncate", "-s", "1G", str(image)], check=True)
+    loop = subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    try:
+        for cmd in (["pvcreate", "-q", loop], ["vgcreate", "-q", "csitest", loop],
+                    ["lvcreate", "-q", "-y", "-L", "800M", "-T", "csitest/thin"]):
+            subprocess.run(cmd, check=True, capture_output=True)
+        yield "csitest"
+    finally:
+        subprocess.run(["vgremove", "-q", "-f", "csitest"], check=False, capture_output=True)
+        subprocess.run(["pvremove", "-q", loop], check=False, capture_output=True)
+        subprocess.run(["losetup", "-d", loop], check=False)
+        image.unlink(missing_ok=True)
+
+
+def expand(plugin: Plugin, volume_id: str, size: int) -> csi_pb2.ControllerExpandVolumeResponse:
+    return plugin.controller.ControllerExpandVolume(csi_pb2.ControllerExpandVolumeRequest(
+        volume_id=volume_id, capacity_range=csi_pb2.CapacityRange(required_bytes=size)), timeout=120)
+
+
+def test_lvm_thin_volume_grows_online_and_the_initiator_sees_it(env: dict[str, Path], thin_vg: str,
+                                                                initiator_iqn: str) -> None:
+    me = NodeId("testbed", initiator_iqn)
+    pools = [f"name=default,type=fileio,path={env['pool']}", f"name=thin,type=lvm-thin,vg={thin_vg},thinpool=thin"]
+    att = attacher()
+    scsi, multipath = Scsi(), Multipath(SubprocessRunner())
+    with running(controller_args(env["state"], pools, SAVEFILE), env["sock"], env["log"]) as plugin:
+        capacity = plugin.controller.GetCapacity(csi_pb2.GetCapacityRequest(parameters={"pool": "thin"}))
+        assert 700 * MiB < capacity.available_capacity <= 800 * MiB
+        volume = create(plugin, "pvc-thin", 64 * MiB, pool="thin")
+        assert Path(f"/dev/{thin_vg}/{volume.volume_id}").exists()
+        ctx = publish(plugin, volume.volume_id, me)
+        attachment = att.attach(ctx["targetIQN"], PORTALS, 0, ctx["wwid"])
+        assert multipath.size_bytes(ctx["wwid"]) == 64 * MiB
+        reply = expand(plugin, volume.volume_id, 128 * MiB)
+        assert reply.capacity_bytes == 128 * MiB and reply.node_expansion_required
+        for path in attachment.paths:
+            scsi.rescan(path)
+            assert scsi.size_bytes(path) == 128 * MiB
+        multipath.resize(ctx["wwid"])
+        assert multipath.size_bytes(ctx["wwid"]) == 128 * MiB
+        att.detach(ctx["targetIQN"], 0, ctx["wwid"])
+        unpublish(plugin, volume.volume_id, me)
+        delete(plugin, volume.volume_id)
+        assert not Path(f"/dev/{thin_vg}/{volume.volume_id}").exists()
+        after = plugin.controller.GetCapacity(csi_pb2.GetCapacityRequest(parameters={"pool": "thin"}))
+        assert after.available_capacity == capacity.available_capacity
+
+
+def test_fileio_volume_grows_offline_and_keeps_its_data(env: dict[str, Path], initiator_iqn: str) -> None:
+    me = NodeId("testbed", initiator_iqn)
+    att = attacher()
+    multipath = Multipath(SubprocessRunner())
+    with start(env) as plugin:
+        volume = create(plugin, "pvc-grow", 64 * MiB)
+        ctx = publish(plugin, volume.volume_id, me)
+        attachment = att.attach(ctx["targetIQN"], PORTALS, 0, ctx["wwid"])
+        marker = os.urandom(4096)
+        with open(attachment.device, "r+b") as dev:
+            dev.write(marker)
+            dev.flush()
+            os.fsync(dev.fileno())
+        with pytest.raises(grpc.RpcError) as err:
+            expand(plugin, volume.volume_id, 96 * MiB)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "offline" in err.value.details()
+        att.detach(ctx["targetIQN"], 0, ctx["wwid"])
+        unpublish(plugin, volume.volume_id, me)
+        assert expand(plugin, volume.volume_id, 96 * MiB).capacity_bytes == 96 * MiB
+        ctx = publish(plugin, volume.volume_id, me)
+        attachment = att.attach(ctx["targetIQN"], PORTALS, 0, ctx["wwid"])
+        assert multipath.size_bytes(ctx["wwid"]) == 96 * MiB
+        with open(attachment.device, "rb") as dev:
+            assert dev.read(4096) == marker
+        att.detach(ctx["targetIQN"], 0, ctx["wwid"])
+        unpublish(plugin, volume.volume_id, me)
+        delete(plugin, volume.volume_id)
