@@ -16,8 +16,16 @@ from prometheus_client import start_http_server
 from csi_iscsi import __version__
 from csi_iscsi.contract import DEFAULT_TARGET_IQN_PREFIX, DEFAULT_ZONE, NODE_NAME_RE, NodeId, is_portal
 from csi_iscsi.errors import CsiIscsiError
+from csi_iscsi.host.attach import Attacher, AttachTimeouts
+from csi_iscsi.host.filesystem import Filesystems
 from csi_iscsi.host.initiator import DEFAULT_FILE, read_initiator_name
+from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
+from csi_iscsi.host.mounts import MountTable
+from csi_iscsi.host.multipath import Multipath
+from csi_iscsi.host.node_volumes import NodeVolumes
 from csi_iscsi.host.runner import SubprocessRunner
+from csi_iscsi.host.scsi import Scsi
+from csi_iscsi.host.stage_state import StageStateStore
 from csi_iscsi.readiness import node_ready
 from csi_iscsi.server import CsiServer, Services
 from csi_iscsi.servicers.controller import ControllerServicer
@@ -45,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--grace-period", type=float, default=30.0,
                         help="seconds in-flight calls may finish after SIGTERM")
     common.add_argument("--workers", type=int, default=8)
+    common.add_argument("--state-dir", type=Path, default=Path("/var/lib/csi-iscsi"),
+                        help="durable state on the host: <dir>/controller (volume records), <dir>/node (stage state)")
 
     controller = argparse.ArgumentParser(add_help=False)
     controller.add_argument("--pool", action="append", default=[], metavar="SPEC",
@@ -55,8 +65,6 @@ def _parser() -> argparse.ArgumentParser:
     controller.add_argument("--portal", action="append", default=[],
                             help="ip:port the targets listen on; repeat for multipath")
     controller.add_argument("--target-iqn-prefix", default=DEFAULT_TARGET_IQN_PREFIX)
-    controller.add_argument("--state-dir", type=Path, default=Path("/var/lib/csi-iscsi/controller"),
-                            help="the controller's volume records (on the target node's disk)")
     controller.add_argument("--saveconfig", type=Path, default=DEBIAN_SAVE_FILE,
                             help="the LIO config file restored at boot (Debian: rtslib-fb-targetctl)")
 
@@ -69,6 +77,18 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--max-volumes", type=int, default=0, help="max volumes per node; 0 = no limit")
     node.add_argument("--host-pid", type=int, default=None,
                       help="run host tools in this PID's namespaces via nsenter (1 in a container)")
+    node.add_argument("--multipath", choices=["required", "preferred", "off"], default="required",
+                      help="without multipathd: fail the stage (required), use one path (preferred); "
+                           "off never uses multipath")
+    node.add_argument("--login-timeout", type=int, default=15, help="seconds per login attempt")
+    node.add_argument("--login-retries", type=int, default=1, help="extra login attempts per portal")
+    node.add_argument("--replacement-timeout", type=int, default=10,
+                      help="seconds a dead path holds I/O before multipath fails over")
+    node.add_argument("--noop-interval", type=int, default=5, help="seconds between iSCSI NOP-Out pings")
+    node.add_argument("--noop-timeout", type=int, default=5, help="seconds before a NOP-Out ping counts as lost")
+    node.add_argument("--device-timeout", type=float, default=30.0,
+                      help="seconds to wait for the SCSI device and the multipath map after login")
+    node.add_argument("--detach-timeout", type=float, default=60.0, help="bound on a whole detach")
 
     sub.add_parser("controller", parents=[common, controller], help="serve Identity + Controller")
     sub.add_parser("node", parents=[common, node], help="serve Identity + Node")
@@ -84,6 +104,25 @@ def _node_identity(args: argparse.Namespace) -> NodeIdentity:
     if args.max_volumes < 0:
         raise CsiIscsiError("--max-volumes must be >= 0")
     return NodeIdentity(NodeId(name, iqn), args.zone, args.max_volumes)
+
+
+def _node_volumes(args: argparse.Namespace, runner: SubprocessRunner) -> NodeVolumes:
+    settings = SessionSettings(login_timeout=args.login_timeout, login_retries=args.login_retries,
+                               replacement_timeout=args.replacement_timeout,
+                               noop_out_interval=args.noop_interval, noop_out_timeout=args.noop_timeout)
+    login_bound = float(args.login_timeout * (args.login_retries + 1) + 10)
+    timeouts = AttachTimeouts(login=login_bound, device=args.device_timeout, multipath_map=args.device_timeout,
+                              detach=args.detach_timeout)
+    mountinfo = Path(f"/proc/{args.host_pid}/mountinfo") if args.host_pid else Path("/proc/self/mountinfo")
+    iscsiadm, scsi = Iscsiadm(runner), Scsi()
+    multipath = None if args.multipath == "off" else Multipath(runner)
+    return NodeVolumes(
+        runner, iscsiadm, scsi, multipath,
+        attacher=Attacher(iscsiadm, scsi, multipath, settings, timeouts),
+        single_path_attacher=Attacher(iscsiadm, scsi, None, settings, timeouts),
+        fs=Filesystems(runner, MountTable(mountinfo)),
+        states=StageStateStore(args.state_dir / "node" / "volumes"),
+        multipath_mode=args.multipath)
 
 
 def build_services(args: argparse.Namespace) -> Services:
@@ -106,13 +145,13 @@ def build_services(args: argparse.Namespace) -> Services:
             if pool.name in pools:
                 raise CsiIscsiError(f"pool {pool.name} is configured twice")
             pools[pool.name] = pool
-        target = LioTargetService(pools, args.portal, args.state_dir, SavedConfig(args.saveconfig),
+        target = LioTargetService(pools, args.portal, args.state_dir / "controller", SavedConfig(args.saveconfig),
                                   args.target_iqn_prefix)
         target.reconcile()
         checks.append(target.ready)
         controller = ControllerServicer(target)
     if args.mode in ("node", "all"):
-        node = NodeServicer(_node_identity(args))
+        node = NodeServicer(_node_identity(args), _node_volumes(args, runner))
         checks.append(lambda: node_ready(runner))
 
     def readiness() -> tuple[bool, str]:

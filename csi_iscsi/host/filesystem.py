@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from csi_iscsi.errors import FailedPrecondition, InvalidArgument
-from csi_iscsi.host.mounts import MountTable
+from csi_iscsi.host.mounts import Mount, MountTable
 from csi_iscsi.host.runner import Runner
 
 BLKID_NOTHING_FOUND = 2
@@ -85,6 +85,16 @@ class Filesystems:
         """Unmount every mount stacked on target."""
         while self._mounts.at(target):
             self._runner.run(["umount", target], timeout=120)
+
+    def grow(self, device: str, fstype: str, mountpoint: str) -> None:
+        """Grow a mounted filesystem to its (already grown) device, online."""
+        if fstype == "xfs":
+            self._runner.run(["xfs_growfs", mountpoint], timeout=600)
+        else:
+            self._runner.run(["resize2fs", device], timeout=600)
+
+    def mounts_at(self, target: str) -> list[Mount]:
+        return self._mounts.at(target)
 
     def is_mounted(self, target: str) -> bool:
         return bool(self._mounts.at(target))

@@ -1,13 +1,27 @@
-"""The CSI Node service."""
+"""The CSI Node service: request checks, locks and status codes; the work is NodeVolumes'."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import grpc
 
-from csi_iscsi.contract import TOPOLOGY_KEY, NodeId
+from csi_iscsi import contract
+from csi_iscsi.contract import AUTH_MODES, TOPOLOGY_KEY, NodeId, PublishContext, SecretKeys, VolumeContext
 from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
+from csi_iscsi.errors import InvalidArgument, NotFound
+from csi_iscsi.host.iscsiadm import Chap
+from csi_iscsi.host.node_volumes import NodeVolumes, TargetInfo
+from csi_iscsi.locks import VolumeLocks
+from csi_iscsi.volume_capabilities import READONLY_MODES, check_one
+
+_CHAP_VALUE = re.compile(r"^[\x21-\x7e]{1,255}$")
+_WWID = re.compile(r"^3[0-9a-f]{16,40}$")
+
+NodeCap = csi_pb2.NodeServiceCapability.RPC
+CAPABILITIES = [NodeCap.STAGE_UNSTAGE_VOLUME, NodeCap.GET_VOLUME_STATS, NodeCap.EXPAND_VOLUME,
+                NodeCap.VOLUME_CONDITION, NodeCap.SINGLE_NODE_MULTI_WRITER]
 
 
 @dataclass(frozen=True)
@@ -17,9 +31,145 @@ class NodeIdentity:
     max_volumes: int
 
 
+def _path(value: str, field: str) -> str:
+    """Any absolute path without '..' (kubelet's paths vary by distribution: no directory allow-list)."""
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    if not value.startswith("/") or "\0" in value or len(value) > 4096 or ".." in value.split("/"):
+        raise InvalidArgument(f"{field} must be an absolute path without '..'")
+    return value.rstrip("/") or "/"
+
+
+def _volume_id(value: str) -> str:
+    if not value:
+        raise InvalidArgument("volume_id is required")
+    return value
+
+
+def _target(volume_id: str, publish: dict[str, str], volume: dict[str, str]) -> TargetInfo:
+    def get(key: str) -> str:
+        return publish.get(key) or volume.get(key, "")
+
+    iqn, portals, lun, wwid = (get(VolumeContext.TARGET_IQN), get(VolumeContext.PORTALS), get(VolumeContext.LUN),
+                               get(VolumeContext.WWID))
+    if not contract.is_iqn(iqn) or not iqn.endswith(":" + volume_id):
+        raise InvalidArgument(f"publish_context targetIQN {iqn!r} is not this volume's target")
+    portal_list = [p for p in portals.split(",") if p]
+    if not portal_list or not all(contract.is_portal(p) for p in portal_list):
+        raise InvalidArgument(f"publish_context portals {portals!r} must be ip:port[,ip:port...]")
+    if not lun.isdigit() or int(lun) > 16383:
+        raise InvalidArgument(f"publish_context lun {lun!r} is not a LUN number")
+    if not _WWID.fullmatch(wwid) or wwid != contract.wwid(volume_id):
+        raise InvalidArgument(f"publish_context wwid {wwid!r} is not this volume's WWID")
+    return TargetInfo(iqn, portal_list, int(lun), wwid)
+
+
+def _chap(auth: str, secrets: dict[str, str]) -> Chap | None:
+    if auth not in AUTH_MODES:
+        raise InvalidArgument(f"publish_context authentication {auth!r} is not one of {list(AUTH_MODES)}")
+    if auth == "none":
+        return None
+    needed = [SecretKeys.USER, SecretKeys.PASSWORD]
+    if auth == "mutual":
+        needed += [SecretKeys.MUTUAL_USER, SecretKeys.MUTUAL_PASSWORD]
+    missing = [k for k in needed if not secrets.get(k)]
+    if missing:
+        raise InvalidArgument(f"the volume requires {auth} CHAP but the node-stage secret lacks {missing} "
+                              "(csi.storage.k8s.io/node-stage-secret-name)")
+    if any(not _CHAP_VALUE.fullmatch(secrets[k]) for k in needed):
+        raise InvalidArgument("CHAP secret values must be 1-255 printable ASCII characters without spaces")
+    mutual = auth == "mutual"
+    return Chap(secrets[SecretKeys.USER], secrets[SecretKeys.PASSWORD],
+                secrets[SecretKeys.MUTUAL_USER] if mutual else "",
+                secrets[SecretKeys.MUTUAL_PASSWORD] if mutual else "")
+
+
 class NodeServicer(csi_pb2_grpc.NodeServicer):
-    def __init__(self, identity: NodeIdentity) -> None:
+    def __init__(self, identity: NodeIdentity, volumes: NodeVolumes | None = None) -> None:
         self._identity = identity
+        self._volumes = volumes
+        self._locks = VolumeLocks()
+
+    @property
+    def volumes(self) -> NodeVolumes:
+        if self._volumes is None:
+            raise NotImplementedError
+        return self._volumes
+
+    def NodeStageVolume(self, request: csi_pb2.NodeStageVolumeRequest,
+                        context: grpc.ServicerContext) -> csi_pb2.NodeStageVolumeResponse:
+        volume_id = _volume_id(request.volume_id)
+        staging = _path(request.staging_target_path, "staging_target_path")
+        if not request.HasField("volume_capability"):
+            raise InvalidArgument("volume_capability is required")
+        cap = check_one(request.volume_capability)
+        if not contract.is_volume_id(volume_id):
+            raise NotFound(f"volume {volume_id!r} is not a csi-iscsi volume")
+        publish, volume = dict(request.publish_context), dict(request.volume_context)
+        target = _target(volume_id, publish, volume)
+        chap = _chap(publish.get(PublishContext.AUTH, "none"), dict(request.secrets))
+        with self._locks.hold(volume_id, "NodeStageVolume"):
+            self.volumes.stage(volume_id, target, staging, cap.access_type, cap.fs_type, list(cap.mount_flags), chap)
+        return csi_pb2.NodeStageVolumeResponse()
+
+    def NodeUnstageVolume(self, request: csi_pb2.NodeUnstageVolumeRequest,
+                          context: grpc.ServicerContext) -> csi_pb2.NodeUnstageVolumeResponse:
+        volume_id = _volume_id(request.volume_id)
+        staging = _path(request.staging_target_path, "staging_target_path")
+        if contract.is_volume_id(volume_id):
+            with self._locks.hold(volume_id, "NodeUnstageVolume"):
+                self.volumes.unstage(volume_id, staging)
+        return csi_pb2.NodeUnstageVolumeResponse()
+
+    def NodePublishVolume(self, request: csi_pb2.NodePublishVolumeRequest,
+                          context: grpc.ServicerContext) -> csi_pb2.NodePublishVolumeResponse:
+        volume_id = _volume_id(request.volume_id)
+        target = _path(request.target_path, "target_path")
+        if not request.HasField("volume_capability"):
+            raise InvalidArgument("volume_capability is required")
+        staging = _path(request.staging_target_path, "staging_target_path")
+        cap = check_one(request.volume_capability)
+        if not contract.is_volume_id(volume_id):
+            raise NotFound(f"volume {volume_id!r} is not a csi-iscsi volume")
+        readonly = request.readonly or request.volume_capability.access_mode.mode in READONLY_MODES
+        with self._locks.hold(volume_id, "NodePublishVolume"):
+            self.volumes.publish(volume_id, staging, target, cap.access_type, readonly)
+        return csi_pb2.NodePublishVolumeResponse()
+
+    def NodeUnpublishVolume(self, request: csi_pb2.NodeUnpublishVolumeRequest,
+                            context: grpc.ServicerContext) -> csi_pb2.NodeUnpublishVolumeResponse:
+        volume_id = _volume_id(request.volume_id)
+        target = _path(request.target_path, "target_path")
+        if contract.is_volume_id(volume_id):
+            with self._locks.hold(volume_id, "NodeUnpublishVolume"):
+                self.volumes.unpublish(target)
+        return csi_pb2.NodeUnpublishVolumeResponse()
+
+    def NodeGetVolumeStats(self, request: csi_pb2.NodeGetVolumeStatsRequest,
+                           context: grpc.ServicerContext) -> csi_pb2.NodeGetVolumeStatsResponse:
+        volume_id = _volume_id(request.volume_id)
+        path = _path(request.volume_path, "volume_path")
+        if not contract.is_volume_id(volume_id):
+            raise NotFound(f"volume {volume_id!r} is not a csi-iscsi volume")
+        stats = self.volumes.stats(volume_id, path)
+        Unit = csi_pb2.VolumeUsage.Unit
+        usage = [csi_pb2.VolumeUsage(unit=Unit.BYTES, total=stats.total_bytes, used=stats.used_bytes,
+                                     available=stats.available_bytes)]
+        if stats.total_inodes:
+            usage.append(csi_pb2.VolumeUsage(unit=Unit.INODES, total=stats.total_inodes, used=stats.used_inodes,
+                                             available=stats.available_inodes))
+        return csi_pb2.NodeGetVolumeStatsResponse(
+            usage=usage, volume_condition=csi_pb2.VolumeCondition(abnormal=stats.abnormal, message=stats.message))
+
+    def NodeExpandVolume(self, request: csi_pb2.NodeExpandVolumeRequest,
+                         context: grpc.ServicerContext) -> csi_pb2.NodeExpandVolumeResponse:
+        volume_id = _volume_id(request.volume_id)
+        path = _path(request.volume_path, "volume_path")
+        if not contract.is_volume_id(volume_id):
+            raise NotFound(f"volume {volume_id!r} is not a csi-iscsi volume")
+        with self._locks.hold(volume_id, "NodeExpandVolume"):
+            size = self.volumes.expand(volume_id, path)
+        return csi_pb2.NodeExpandVolumeResponse(capacity_bytes=size)
 
     def NodeGetInfo(self, request: csi_pb2.NodeGetInfoRequest,
                     context: grpc.ServicerContext) -> csi_pb2.NodeGetInfoResponse:
@@ -31,4 +181,5 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
 
     def NodeGetCapabilities(self, request: csi_pb2.NodeGetCapabilitiesRequest,
                             context: grpc.ServicerContext) -> csi_pb2.NodeGetCapabilitiesResponse:
-        return csi_pb2.NodeGetCapabilitiesResponse(capabilities=[])
+        return csi_pb2.NodeGetCapabilitiesResponse(capabilities=[
+            csi_pb2.NodeServiceCapability(rpc=csi_pb2.NodeServiceCapability.RPC(type=c)) for c in CAPABILITIES])

@@ -33,3 +33,46 @@ def initiator_iqn() -> str:
     from csi_iscsi.host.initiator import read_initiator_name
 
     return read_initiator_name()
+
+
+@pytest.fixture
+def thin_vg() -> Iterator[str]:
+    """An LVM thin pool on a loop device inside the VM: volume group csitest, thin pool thin."""
+    import subprocess
+
+    image = Path("/var/tmp/csitest-thin.img")
+    subprocess.run(["truncate", "-s", "1G", str(image)], check=True)
+    loop = subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    try:
+        for cmd in (["pvcreate", "-q", loop], ["vgcreate", "-q", "csitest", loop],
+                    ["lvcreate", "-q", "-y", "-L", "800M", "-T", "csitest/thin"]):
+            subprocess.run(cmd, check=True, capture_output=True)
+        yield "csitest"
+    finally:
+        subprocess.run(["vgremove", "-q", "-f", "csitest"], check=False, capture_output=True)
+        subprocess.run(["pvremove", "-q", loop], check=False, capture_output=True)
+        subprocess.run(["losetup", "-d", loop], check=False)
+        image.unlink(missing_ok=True)
+
+
+def leftovers(volume_id: str, mountpoints: list[str] = ()) -> list[str]:  # type: ignore[assignment]
+    """Everything of this volume still on the initiator side: sessions, records, devices, map, mounts."""
+    from csi_iscsi import contract
+    from csi_iscsi.host.iscsiadm import Iscsiadm
+    from csi_iscsi.host.mounts import MountTable
+    from csi_iscsi.host.runner import SubprocessRunner
+    from csi_iscsi.host.scsi import Scsi
+
+    wwid = contract.wwid(volume_id)
+    iscsiadm = Iscsiadm(SubprocessRunner())
+    found = [f"session {s.sid} on {s.portal}" for s in iscsiadm.sessions() if s.target_iqn.endswith(volume_id)]
+    found += [f"node record on {p}" for p in iscsiadm.node_portals(contract.target_iqn(volume_id))]
+    if Path(f"/dev/mapper/{wwid}").exists():
+        found.append(f"multipath map {wwid}")
+    scsi = Scsi()
+    found += [f"SCSI device {d.name}" for d in Path("/sys/block").iterdir()
+              if d.name.startswith("sd") and scsi.wwid(d.name) == wwid]
+    table = MountTable().all()
+    found += [f"mount at {m.target}" for m in table if m.target in mountpoints or wwid in m.source]
+    return found

@@ -183,25 +183,6 @@ def test_lio_lost_at_runtime_is_restored_at_controller_start(env: dict[str, Path
         delete(plugin, vid)
 
 
-@pytest.fixture
-def thin_vg() -> Iterator[str]:
-    """An LVM thin pool on a loop device inside the VM: volume group csitest, thin pool thin."""
-    image = Path("/var/tmp/csitest-thin.img")
-    subprocess.run(["truncate", "-s", "1G", str(image)], check=True)
-    loop = subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True,
-                          text=True).stdout.strip()
-    try:
-        for cmd in (["pvcreate", "-q", loop], ["vgcreate", "-q", "csitest", loop],
-                    ["lvcreate", "-q", "-y", "-L", "800M", "-T", "csitest/thin"]):
-            subprocess.run(cmd, check=True, capture_output=True)
-        yield "csitest"
-    finally:
-        subprocess.run(["vgremove", "-q", "-f", "csitest"], check=False, capture_output=True)
-        subprocess.run(["pvremove", "-q", loop], check=False, capture_output=True)
-        subprocess.run(["losetup", "-d", loop], check=False)
-        image.unlink(missing_ok=True)
-
-
 def expand(plugin: Plugin, volume_id: str, size: int) -> csi_pb2.ControllerExpandVolumeResponse:
     return plugin.controller.ControllerExpandVolume(csi_pb2.ControllerExpandVolumeRequest(
         volume_id=volume_id, capacity_range=csi_pb2.CapacityRange(required_bytes=size)), timeout=120)

@@ -1,0 +1,51 @@
+"""Per-volume stage state on the host (not in the container), so a restarted node plugin can
+still unstage: written atomically, no secrets in it. Unstage also works with the state gone,
+because the target IQN's suffix and the WWID are both derived from the volume id."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from csi_iscsi.atomic import remove_durably, write_json_atomic
+from csi_iscsi.contract import is_volume_id
+
+ATTACHING, STAGED = "attaching", "staged"
+
+
+@dataclass
+class StageState:
+    volume_id: str
+    target_iqn: str
+    portals: list[str]
+    lun: int
+    wwid: str
+    staging_path: str
+    access_type: str  # mount | block
+    fs_type: str
+    device: str = ""
+    phase: str = ATTACHING
+
+
+class StageStateStore:
+    def __init__(self, directory: Path) -> None:
+        self._dir = directory
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def _path(self, volume_id: str) -> Path:
+        if not is_volume_id(volume_id):
+            raise ValueError(f"not a volume id: {volume_id!r}")
+        return self._dir / f"{volume_id}.json"
+
+    def get(self, volume_id: str) -> StageState | None:
+        try:
+            return StageState(**json.loads(self._path(volume_id).read_text()))
+        except FileNotFoundError:
+            return None
+
+    def put(self, state: StageState) -> None:
+        write_json_atomic(self._path(state.volume_id), asdict(state))
+
+    def remove(self, volume_id: str) -> None:
+        remove_durably(self._path(volume_id))
