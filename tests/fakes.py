@@ -113,6 +113,10 @@ class FakeLio:
         return (dict(so, name=storage_object) if so else None,
                 {"wwn": iqn, "fabric": "iscsi", "state": repr(target)} if target else None)
 
+    def dump_acl(self, iqn: str, initiator: str) -> dict[str, object] | None:
+        acl = self.targets.get(iqn, {}).get("acls", {}).get(initiator)  # type: ignore[attr-defined]
+        return {"node_wwn": initiator, "readonly": acl["readonly"]} if acl else None
+
     def restore(self, so_dump: dict[str, object] | None, target_dump: dict[str, object] | None) -> list[str]:
         self._call("restore")
         if so_dump:

@@ -215,6 +215,15 @@ class Lio:
             target_dump = rts.Target(self._fabric, iqn, mode="lookup").dump()
         return so_dump, target_dump
 
+    def dump_acl(self, iqn: str, initiator: str) -> dict[str, Any] | None:
+        """The saveconfig entry of one ACL (None if it does not exist)."""
+        rts = self._rts
+        try:
+            dumped: dict[str, Any] = rts.NodeACL(self._tpg(iqn), initiator, mode="lookup").dump()
+            return dumped
+        except (NotFound, rts.RTSLibNotInCFS):
+            return None
+
     def restore(self, so_dump: dict[str, Any] | None, target_dump: dict[str, Any] | None) -> list[str]:
         """Recreate one volume's objects from their saved entries; returns rtslib's non-fatal errors."""
         config = {"storage_objects": [so_dump] if so_dump else [], "targets": [target_dump] if target_dump else []}

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from csi_iscsi.atomic import remove_durably, write_json_atomic
+from csi_iscsi.atomic import remove_durably, write_atomic, write_json_atomic
 from csi_iscsi.contract import NodeId, is_volume_id
 from csi_iscsi.errors import FailedPrecondition
 
@@ -121,7 +121,10 @@ class RecordStore:
             if volume_id not in entry["volumes"]:
                 entry["volumes"] = sorted([*entry["volumes"], volume_id])
             self._initiators[node.initiator_iqn] = entry
-            write_json_atomic(self._initiators_file, self._initiators)
+            self._write_initiators()
+
+    def _write_initiators(self) -> None:
+        write_atomic(self._initiators_file, json.dumps(self._initiators, separators=(",", ":")).encode())
 
     def release_initiator(self, node: NodeId, volume_id: str) -> None:
         with self._lock:
@@ -131,4 +134,4 @@ class RecordStore:
             entry["volumes"].remove(volume_id)
             if not entry["volumes"]:
                 del self._initiators[node.initiator_iqn]
-            write_json_atomic(self._initiators_file, self._initiators)
+            self._write_initiators()

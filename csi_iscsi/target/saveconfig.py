@@ -1,10 +1,11 @@
 """The saved LIO configuration, kept by us and rewritten per change.
 
 rtslib's own save dumps the whole configfs tree every time (cost grows with the number of
-volumes) and Debian's copy is not atomic. We keep the document in memory, replace only the
-entries of the objects a call changed (from their own dump()), and write it atomically (temp +
-fsync + rename + fsync of the directory, 0600: it holds CHAP secrets) in the format
-`targetctl restore` reads at boot. Entries we do not own (other targets an admin made) are kept.
+volumes) and Debian's copy is not atomic. We keep the document in memory, each entry with its
+serialized text, re-encode only the entries a call changed (from their own dump(), or just one
+ACL spliced into its target), and write the file atomically (temp + fsync + rename + fsync of the
+directory, 0600: it holds CHAP secrets) in the format `targetctl restore` reads at boot. Entries
+we do not own (targets an admin made by hand) are kept as they are.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from csi_iscsi.atomic import write_atomic
 DEBIAN_SAVE_FILE = Path("/etc/rtslib-fb-target/saveconfig.json")
 
 
+def _encode(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
 class SavedConfig:
     def __init__(self, path: Path = DEBIAN_SAVE_FILE) -> None:
         self.path = path
@@ -26,10 +31,11 @@ class SavedConfig:
         doc: dict[str, Any] = {}
         if path.exists():
             doc = json.loads(path.read_text() or "{}")
-        self._storage_objects: dict[str, dict[str, Any]] = {
-            so["name"]: so for so in doc.get("storage_objects", []) if "name" in so}
-        self._targets: dict[str, dict[str, Any]] = {t["wwn"]: t for t in doc.get("targets", []) if "wwn" in t}
-        self._fabric_modules: list[Any] = doc.get("fabric_modules", [])
+        self._storage_objects = {so["name"]: so for so in doc.get("storage_objects", []) if "name" in so}
+        self._targets = {t["wwn"]: t for t in doc.get("targets", []) if "wwn" in t}
+        self._so_text = {k: _encode(v) for k, v in self._storage_objects.items()}
+        self._target_text = {k: _encode(v) for k, v in self._targets.items()}
+        self._fabric_text = _encode(doc.get("fabric_modules", []))
 
     def storage_object(self, name: str) -> dict[str, Any] | None:
         with self._lock:
@@ -39,27 +45,44 @@ class SavedConfig:
         with self._lock:
             return self._targets.get(wwn)
 
-    def target_names(self) -> list[str]:
-        with self._lock:
-            return sorted(self._targets)
-
     def update(self, *, storage_objects: dict[str, dict[str, Any] | None] | None = None,
                targets: dict[str, dict[str, Any] | None] | None = None) -> None:
         """Replace (dict) or drop (None) the named entries, then write the document durably."""
         with self._lock:
             for name, so in (storage_objects or {}).items():
-                if so is None:
-                    self._storage_objects.pop(name, None)
-                else:
-                    self._storage_objects[name] = so
+                self._set(self._storage_objects, self._so_text, name, so)
             for wwn, target in (targets or {}).items():
-                if target is None:
-                    self._targets.pop(wwn, None)
-                else:
-                    self._targets[wwn] = target
-            doc = {
-                "fabric_modules": self._fabric_modules,
-                "storage_objects": [self._storage_objects[k] for k in sorted(self._storage_objects)],
-                "targets": [self._targets[k] for k in sorted(self._targets)],
-            }
-            write_atomic(self.path, (json.dumps(doc, separators=(",", ":")) + "\n").encode(), 0o600)
+                self._set(self._targets, self._target_text, wwn, target)
+            self._write()
+
+    def update_acl(self, wwn: str, initiator: str, acl: dict[str, Any] | None) -> bool:
+        """Replace or drop one ACL inside a saved target; False if the target is not saved yet."""
+        with self._lock:
+            target = self._targets.get(wwn)
+            if target is None or len(target.get("tpgs", [])) != 1:
+                return False
+            tpg = target["tpgs"][0]
+            acls = [a for a in tpg.get("node_acls", []) if a.get("node_wwn") != initiator]
+            if acl is not None:
+                acls.append(acl)
+            tpg["node_acls"] = sorted(acls, key=lambda a: str(a.get("node_wwn")))
+            self._target_text[wwn] = _encode(target)
+            self._write()
+            return True
+
+    @staticmethod
+    def _set(values: dict[str, dict[str, Any]], texts: dict[str, str], key: str, value: dict[str, Any] | None) -> None:
+        if value is None:
+            values.pop(key, None)
+            texts.pop(key, None)
+        else:
+            values[key] = value
+            texts[key] = _encode(value)
+
+    def _write(self) -> None:
+        text = "".join([
+            '{"fabric_modules":', self._fabric_text,
+            ',"storage_objects":[', ",".join(self._so_text[k] for k in sorted(self._so_text)),
+            '],"targets":[', ",".join(self._target_text[k] for k in sorted(self._target_text)), "]}\n",
+        ])
+        write_atomic(self.path, text.encode(), 0o600)

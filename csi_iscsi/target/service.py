@@ -85,6 +85,14 @@ class LioTargetService:
             so_dump, target_dump = self._lio.dump(volume_id, iqn)
         self._saved.update(storage_objects={volume_id: so_dump}, targets={iqn: target_dump})
 
+    def _save_acl(self, volume_id: str, initiator: str) -> None:
+        """Save one ACL change; cheaper than a whole-volume dump (an rtslib dump reads ~100 files)."""
+        iqn = self.target_iqn(volume_id)
+        with self._lio_lock:
+            acl = self._lio.dump_acl(iqn, initiator)
+        if not self._saved.update_acl(iqn, initiator, acl):
+            self._save(volume_id)
+
     def _export(self, record: VolumeRecord, fresh: bool = False) -> None:
         pool = self._pools[record.pool]
         backing = pool.allocate(record.volume_id, record.capacity_bytes)
@@ -146,7 +154,7 @@ class LioTargetService:
         self._records.claim_initiator(node, volume_id)
         with self._lio_lock:
             self._lio.grant(self.target_iqn(volume_id), node.initiator_iqn, readonly=readonly, chap=chap)
-        self._save(volume_id)
+        self._save_acl(volume_id, node.initiator_iqn)
         record.grants[str(node)] = Grant(readonly=readonly)
         self._records.put(record)
         return record
@@ -157,7 +165,7 @@ class LioTargetService:
             return
         with self._lio_lock:
             self._lio.revoke(self.target_iqn(volume_id), node.initiator_iqn)
-        self._save(volume_id)
+        self._save_acl(volume_id, node.initiator_iqn)
         del record.grants[str(node)]
         self._records.put(record)
         self._records.release_initiator(node, volume_id)
