@@ -7,6 +7,7 @@ granted, and node.startup=manual keeps a reboot from logging in behind the drive
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ ISCSIADM = "iscsiadm"
 EXIT_DB_FAILURE = 6  # the record database was busy: retry
 EXIT_SESSION_EXISTS = 15
 EXIT_NO_OBJS_FOUND = 21  # no session / no record: fine on cleanup
+
+log = logging.getLogger(__name__)
 
 _SESSION_LINE = re.compile(r"^\S+: \[(\d+)\] (\S+?),(-?\d+) (\S+)")
 
@@ -105,8 +108,14 @@ class Iscsiadm:
                 values["node.session.auth.username_in"] = chap.mutual_user
                 values["node.session.auth.password_in"] = chap.mutual_password
             secrets = chap.secrets()
-        for name, value in values.items():
-            self._run([*self._node(iqn, portal), "-o", "update", "-n", name, "-v", value], secrets=secrets)
+        pairs = [arg for name, value in values.items() for arg in ("-n", name, "-v", value)]
+        try:
+            # open-iscsi 2.1 applies every -n/-v pair of one update: one process instead of one per setting.
+            self._run([*self._node(iqn, portal), "-o", "update", *pairs], secrets=secrets)
+        except CommandFailed as exc:
+            log.info("iscsiadm took only one setting per update (exit %d); setting them one by one", exc.returncode)
+            for name, value in values.items():
+                self._run([*self._node(iqn, portal), "-o", "update", "-n", name, "-v", value], secrets=secrets)
 
     def login(self, iqn: str, portal: str, timeout: float) -> None:
         self._run([*self._node(iqn, portal), "--login"], ok_codes=(0, EXIT_SESSION_EXISTS), timeout=timeout)

@@ -23,6 +23,7 @@ class Plugin:
     sock: Path
     proc: subprocess.Popen[bytes]
     channel: grpc.Channel
+    killed_by_test: bool = False
 
     @property
     def identity(self) -> csi_pb2_grpc.IdentityStub:
@@ -55,19 +56,23 @@ def running(args: list[str], sock: Path, log: Path | None = None) -> Iterator[Pl
     proc = subprocess.Popen([sys.executable, "-m", "csi_iscsi", args[0], "--endpoint", f"unix://{sock}", *args[1:]],
                             stdout=out, stderr=out)
     channel = grpc.insecure_channel(f"unix:{sock}")
+    plugin: Plugin | None = None
     try:
         try:
             grpc.channel_ready_future(channel).result(timeout=60)
         except grpc.FutureTimeoutError:
             raise RuntimeError(f"plugin {args[0]} did not start (exit {proc.poll()})") from None
-        yield Plugin(sock, proc, channel)
+        plugin = Plugin(sock, proc, channel)
+        yield plugin
     finally:
         channel.close()
-        proc.terminate()
+        if plugin is None or not plugin.killed_by_test:
+            proc.terminate()
         rc = proc.wait(timeout=60)
         if out:
             out.close()
-        assert rc == 0, f"plugin {args[0]} exited with {rc} on SIGTERM"
+        if plugin is None or not plugin.killed_by_test:
+            assert rc == 0, f"plugin {args[0]} exited with {rc} on SIGTERM"
 
 
 def mount_cap(mode: int = csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_WRITER,

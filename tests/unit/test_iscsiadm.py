@@ -14,7 +14,9 @@ def test_create_node_makes_one_record_with_manual_startup_and_scan() -> None:
     runner = FakeRunner()
     Iscsiadm(runner).create_node(IQN, PORTAL, SessionSettings(replacement_timeout=7))
     assert runner.calls[0] == ("iscsiadm", "-m", "node", "-T", IQN, "-p", PORTAL, "-o", "new")
-    updates = {c[-3]: c[-1] for c in runner.calls[1:]}
+    assert len(runner.calls) == 2  # one record, one update with every setting
+    update = runner.calls[1]
+    updates = {update[i + 1]: update[i + 3] for i in range(update.index("update") + 1, len(update), 4)}
     assert updates["node.startup"] == "manual"
     assert updates["node.session.scan"] == "manual"
     assert updates["node.session.timeo.replacement_timeout"] == "7"
@@ -25,10 +27,18 @@ def test_create_node_makes_one_record_with_manual_startup_and_scan() -> None:
 def test_chap_values_are_declared_secret_to_the_runner() -> None:
     runner = FakeRunner()
     Iscsiadm(runner).create_node(IQN, PORTAL, SessionSettings(), Chap("u", "pw-1", "tu", "pw-2"))
-    password_calls = [i for i, c in enumerate(runner.calls) if c[-1] in ("pw-1", "pw-2")]
-    assert len(password_calls) == 2
+    password_calls = [i for i, c in enumerate(runner.calls) if "pw-1" in c or "pw-2" in c]
+    assert len(password_calls) == 1
     for i in password_calls:
         assert set(runner.secrets_seen[i]) == {"pw-1", "pw-2"}
+
+
+def test_old_iscsiadm_gets_one_setting_per_update() -> None:
+    runner = FakeRunner()
+    runner.responders.insert(0, lambda argv: (7, "") if argv.count("-n") > 1 else None)
+    Iscsiadm(runner).create_node(IQN, PORTAL, SessionSettings())
+    singles = [c for c in runner.calls if "update" in c and c.count("-n") == 1]
+    assert len(singles) == len(SessionSettings().node_settings()) + 1
 
 
 def test_login_accepts_an_existing_session() -> None:

@@ -1,0 +1,330 @@
+"""The node plugin with the controller, both over their sockets on the real kernel: attach over
+two paths, mkfs only when blank, mount into pods, failover, and a detach that leaves nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from csi_iscsi import contract
+from csi_iscsi.contract import NodeId
+from csi_iscsi.csi import csi_pb2
+
+from .conftest import leftovers
+from .plugins import PORTALS, MiB, Plugin, block_cap, controller_args, mount_cap, running
+
+NODE_ARGS = ["node", "--node-name", "testbed", "--replacement-timeout", "5", "--noop-interval", "2",
+             "--noop-timeout", "2", "--login-timeout", "5"]
+
+
+@dataclass
+class Cluster:
+    controller: Plugin
+    node: Plugin
+    node_id: str
+    root: Path
+    node_sock: Path
+    node_log: Path
+    state: Path
+
+    def create(self, name: str, size: int = 128 * MiB, cap: csi_pb2.VolumeCapability | None = None,
+               **params: str) -> csi_pb2.Volume:
+        return self.controller.controller.CreateVolume(csi_pb2.CreateVolumeRequest(
+            name=name, capacity_range=csi_pb2.CapacityRange(required_bytes=size),
+            volume_capabilities=[cap or mount_cap()], parameters=params), timeout=60).volume
+
+    def attach(self, volume: csi_pb2.Volume, cap: csi_pb2.VolumeCapability | None = None,
+               secrets: dict[str, str] | None = None) -> tuple[str, str]:
+        """ControllerPublish + NodeStage + NodePublish; returns (staging path, target path)."""
+        cap = cap or mount_cap()
+        vid = volume.volume_id
+        pctx = self.controller.controller.ControllerPublishVolume(csi_pb2.ControllerPublishVolumeRequest(
+            volume_id=vid, node_id=self.node_id, volume_capability=cap, secrets=secrets or {}),
+            timeout=60).publish_context
+        staging, target = f"{self.root}/staging/{vid}", f"{self.root}/pods/{vid}/mount"
+        self.node.node.NodeStageVolume(csi_pb2.NodeStageVolumeRequest(
+            volume_id=vid, staging_target_path=staging, volume_capability=cap, publish_context=pctx,
+            volume_context=volume.volume_context, secrets=secrets or {}), timeout=600)
+        self.node.node.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(
+            volume_id=vid, staging_target_path=staging, target_path=target, volume_capability=cap,
+            publish_context=pctx, volume_context=volume.volume_context), timeout=60)
+        return staging, target
+
+    def detach(self, volume: csi_pb2.Volume, node: Plugin | None = None) -> None:
+        vid = volume.volume_id
+        node = node or self.node
+        node.node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(
+            volume_id=vid, target_path=f"{self.root}/pods/{vid}/mount"), timeout=60)
+        node.node.NodeUnstageVolume(csi_pb2.NodeUnstageVolumeRequest(
+            volume_id=vid, staging_target_path=f"{self.root}/staging/{vid}"), timeout=120)
+        self.controller.controller.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(
+            volume_id=vid, node_id=self.node_id), timeout=60)
+
+    def delete(self, volume: csi_pb2.Volume) -> None:
+        self.controller.controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=60)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, initiator_iqn: str) -> Iterator[Cluster]:
+    root = Path("/var/tmp/csi-node-test")
+    pool = root / "pool"
+    pool.mkdir(parents=True, exist_ok=True)
+    state = Path("/var/lib/csi-iscsi-node-test")
+    with ExitStack() as stack:
+        controller = stack.enter_context(running(
+            controller_args(state, [f"name=default,type=fileio,path={pool}"], tmp_path / "save.json"),
+            tmp_path / "c.sock", tmp_path / "controller.log"))
+        node_sock, node_log = tmp_path / "n.sock", tmp_path / "node.log"
+        node = stack.enter_context(running([*NODE_ARGS, "--state-dir", str(state)], node_sock, node_log))
+        yield Cluster(controller, node, str(NodeId("testbed", initiator_iqn)), root, node_sock, node_log, state)
+    subprocess.run(["rm", "-rf", str(root), str(state)], check=False)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def drop_caches() -> None:
+    subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], check=True)
+
+
+def test_lifecycle_keeps_data_across_unstage_and_stage(cluster: Cluster) -> None:
+    volume = cluster.create("pvc-life")
+    staging, target = cluster.attach(volume)
+    data = os.urandom(8 * MiB)
+    (Path(target) / "data").write_bytes(data)
+    before = hashlib.sha256(data).hexdigest()
+    assert len(subprocess.run(["findmnt", "-n", "-o", "TARGET", "--target", target], capture_output=True,
+                              text=True).stdout.split()) == 1
+    cluster.detach(volume)
+    assert leftovers(volume.volume_id, [staging, target]) == []
+    assert not Path(target).exists()
+    staging, target = cluster.attach(volume)
+    drop_caches()
+    assert sha(Path(target) / "data") == before
+    # Stage and publish again: idempotent, nothing stacked.
+    cluster.attach(volume)
+    mounts = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True).stdout.split()
+    assert mounts.count(target) == 1 and mounts.count(staging) == 1
+    cluster.detach(volume)
+    cluster.delete(volume)
+    assert leftovers(volume.volume_id, [staging, target]) == []
+
+
+def test_records_are_manual_so_a_reboot_logs_nothing_in(cluster: Cluster) -> None:
+    volume = cluster.create("pvc-boot")
+    cluster.attach(volume)
+    iqn = contract.target_iqn(volume.volume_id)
+    for portal in PORTALS:
+        record = subprocess.run(["iscsiadm", "-m", "node", "-T", iqn, "-p", portal], capture_output=True,
+                                text=True, check=True).stdout
+        assert "node.startup = manual" in record and "node.session.scan = manual" in record
+        assert "node.session.timeo.replacement_timeout = 5" in record
+    # What the boot service does: log in every automatic record. Ours must not be among them.
+    cluster.detach(volume)
+    subprocess.run(["iscsiadm", "-m", "node", "--loginall=automatic"], capture_output=True, check=False)
+    assert leftovers(volume.volume_id) == []
+    cluster.delete(volume)
+
+
+def test_an_existing_filesystem_is_never_reformatted(cluster: Cluster) -> None:
+    volume = cluster.create("pvc-keepfs")
+    _, target = cluster.attach(volume)
+    (Path(target) / "keep").write_text("precious")
+    cluster.detach(volume)
+    xfs = mount_cap(fs_type="xfs")
+    with pytest.raises(grpc.RpcError) as err:
+        cluster.attach(volume, xfs)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not the requested 'xfs'" in err.value.details()
+    cluster.node.node.NodeUnstageVolume(csi_pb2.NodeUnstageVolumeRequest(
+        volume_id=volume.volume_id, staging_target_path=f"{cluster.root}/staging/{volume.volume_id}"))
+    cluster.controller.controller.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(
+        volume_id=volume.volume_id, node_id=cluster.node_id))
+    _, target = cluster.attach(volume)
+    assert (Path(target) / "keep").read_text() == "precious"
+    cluster.detach(volume)
+    cluster.delete(volume)
+
+
+def test_block_volumes_are_never_formatted(cluster: Cluster) -> None:
+    volume = cluster.create("pvc-block", cap=block_cap())
+    staging, target = cluster.attach(volume, block_cap())
+    marker = os.urandom(4096)
+    with open(target, "r+b") as dev:
+        assert dev.read(4096) == b"\0" * 4096
+        dev.seek(0)
+        dev.write(marker)
+        os.fsync(dev.fileno())
+    blkid = subprocess.run(["blkid", "-p", f"/dev/mapper/{contract.wwid(volume.volume_id)}"], capture_output=True)
+    assert blkid.returncode == 2, blkid.stdout  # nothing was put on it
+    stats = cluster.node.node.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(
+        volume_id=volume.volume_id, volume_path=target))
+    assert stats.usage[0].total == 128 * MiB and not stats.volume_condition.abnormal
+    cluster.detach(volume)
+    cluster.delete(volume)
+    assert leftovers(volume.volume_id, [staging, target]) == []
+
+
+def test_a_restarted_node_plugin_can_still_unstage(cluster: Cluster, tmp_path: Path) -> None:
+    volume = cluster.create("pvc-restart")
+    staging, target = cluster.attach(volume)
+    cluster.node.killed_by_test = True
+    cluster.node.proc.send_signal(signal.SIGKILL)  # no chance to clean up
+    cluster.node.proc.wait()
+    sock2 = tmp_path / "n2.sock"
+    with running([*NODE_ARGS, "--state-dir", str(cluster.state)], sock2, tmp_path / "node2.log") as node2:
+        cluster.detach(volume, node2)
+        assert leftovers(volume.volume_id, [staging, target]) == []
+        cluster.delete(volume)
+
+
+def test_unstage_without_state_still_cleans_everything(cluster: Cluster) -> None:
+    volume = cluster.create("pvc-nostate")
+    staging, target = cluster.attach(volume)
+    (cluster.state / "node" / "volumes" / f"{volume.volume_id}.json").unlink()
+    cluster.detach(volume)
+    assert leftovers(volume.volume_id, [staging, target]) == []
+    cluster.delete(volume)
+
+
+def fio(path: Path, seconds: int, name: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["fio", f"--name={name}", f"--filename={path}", "--size=16M", "--bs=16k", "--rw=randwrite",
+         "--verify=crc32c", "--verify_backlog=32", "--direct=1", "--ioengine=psync", f"--runtime={seconds}",
+         "--time_based", "--output-format=terse"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def paths_of(wwid: str) -> list[tuple[str, str, str]]:
+    out = subprocess.run(["multipathd", "show", "paths", "raw", "format", "%w %d %t %T"], capture_output=True,
+                         text=True).stdout
+    return [tuple(line.split()[1:4]) for line in out.splitlines() if line.startswith(wwid)]  # type: ignore[misc]
+
+
+def wait_for(predicate: object, timeout: float) -> float:
+    start = time.monotonic()
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.5)
+    return time.monotonic() - start
+
+
+def test_a_dropped_portal_fails_over_without_io_errors_and_heals(cluster: Cluster) -> None:
+    volume = cluster.create("pvc-failover")
+    _, target = cluster.attach(volume)
+    wwid = contract.wwid(volume.volume_id)
+    job = fio(Path(target) / "fio.dat", 45, "failover")
+    rule = "ip daddr 127.0.0.12 tcp dport 3260 drop"
+    try:
+        time.sleep(3)
+        subprocess.run(["nft", "add", "table", "inet", "csitest"], check=True)
+        subprocess.run(["nft", "add", "chain", "inet", "csitest", "out",
+                        "{ type filter hook output priority 0 ; }"], check=True)
+        subprocess.run(["nft", "add", "rule", "inet", "csitest", "out", *rule.split()], check=True)
+        failed_after = wait_for(lambda: any(p[1] == "failed" for p in paths_of(wwid)), 40)
+        stats = cluster.node.node.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(
+            volume_id=volume.volume_id, volume_path=target))
+        assert stats.volume_condition.abnormal and "1 of 2 paths are down" in stats.volume_condition.message
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", "csitest"], check=False)
+    healed_after = wait_for(lambda: [p[1:] for p in paths_of(wwid)] == [("active", "ready")] * 2, 60)
+    output, _ = job.communicate(timeout=120)
+    print(f"path failed after {failed_after:.1f} s, healed after {healed_after:.1f} s")
+    assert job.returncode == 0, output
+    stats = cluster.node.node.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(
+        volume_id=volume.volume_id, volume_path=target))
+    assert not stats.volume_condition.abnormal, stats.volume_condition.message
+    cluster.detach(volume)
+    cluster.delete(volume)
+
+
+def test_unstaging_one_volume_leaves_the_other_running(cluster: Cluster) -> None:
+    a, b = cluster.create("pvc-a"), cluster.create("pvc-b")
+    cluster.attach(a)
+    _, target_b = cluster.attach(b)
+    for vol in (a, b):  # each map carries only its own volume's WWID on every path
+        wwid = contract.wwid(vol.volume_id)
+        for dev in os.listdir(f"/sys/block/{os.path.basename(os.path.realpath(f'/dev/mapper/{wwid}'))}/slaves"):
+            assert Path(f"/sys/block/{dev}/device/wwid").read_text().strip() == "naa." + wwid[1:]
+    job = fio(Path(target_b) / "fio.dat", 20, "other")
+    time.sleep(3)
+    cluster.detach(a)
+    output, _ = job.communicate(timeout=120)
+    assert job.returncode == 0, output
+    assert leftovers(a.volume_id) == []
+    assert [p[1:] for p in paths_of(contract.wwid(b.volume_id))] == [("active", "ready")] * 2
+    cluster.detach(b)
+    for vol in (a, b):
+        cluster.delete(vol)
+
+
+def test_chap_secrets_stay_out_of_logs_and_state(cluster: Cluster) -> None:
+    secrets = {"chapUser": "node-user", "chapPassword": "node-password-42"}
+    volume = cluster.create("pvc-chap", authentication="chap")
+    cluster.attach(volume, secrets=secrets)
+    state = (cluster.state / "node" / "volumes" / f"{volume.volume_id}.json").read_text()
+    assert "node-password-42" not in state
+    cluster.detach(volume)
+    cluster.delete(volume)
+    assert "node-password-42" not in cluster.node_log.read_text()
+    assert "NodeStageVolume request" in cluster.node_log.read_text()
+
+
+def test_expansion_reaches_the_filesystem(cluster: Cluster, thin_vg: str, tmp_path: Path) -> None:
+    pools = [f"name=thin,type=lvm-thin,vg={thin_vg},thinpool=thin"]
+    with running(controller_args(cluster.state / "thinctl", pools, tmp_path / "save2.json"),
+                 tmp_path / "c2.sock", tmp_path / "controller2.log") as controller2:
+        cluster.controller, original = controller2, cluster.controller
+        try:
+            volume = cluster.create("pvc-expand", 128 * MiB)
+            _, target = cluster.attach(volume)
+            before = os.statvfs(target)
+            reply = controller2.controller.ControllerExpandVolume(csi_pb2.ControllerExpandVolumeRequest(
+                volume_id=volume.volume_id, capacity_range=csi_pb2.CapacityRange(required_bytes=256 * MiB)))
+            assert reply.node_expansion_required
+            grown = cluster.node.node.NodeExpandVolume(csi_pb2.NodeExpandVolumeRequest(
+                volume_id=volume.volume_id, volume_path=target,
+                capacity_range=csi_pb2.CapacityRange(required_bytes=256 * MiB)))
+            assert grown.capacity_bytes == 256 * MiB
+            after = os.statvfs(target)
+            assert after.f_blocks * after.f_frsize > 1.8 * before.f_blocks * before.f_frsize
+            cluster.detach(volume)
+            cluster.delete(volume)
+        finally:
+            cluster.controller = original
+
+
+def test_twenty_volumes_staged_at_once(cluster: Cluster) -> None:
+    volumes = [cluster.create(f"pvc-many-{i}", 16 * MiB) for i in range(20)]
+    errors: list[BaseException] = []
+
+    def one(volume: csi_pb2.Volume) -> None:
+        try:
+            cluster.attach(volume)
+        except BaseException as exc:  # collected and reported below
+            errors.append(exc)
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=one, args=(v,)) for v in volumes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(f"20 volumes staged concurrently in {time.monotonic() - start:.1f} s")
+    assert errors == []
+    for volume in volumes:
+        cluster.detach(volume)
+        cluster.delete(volume)
+    assert all(leftovers(v.volume_id) == [] for v in volumes)
