@@ -179,6 +179,8 @@ class NodeVolumes:
         state = self.staged(volume_id)
         if state is None:
             raise NotFound(f"volume {volume_id} is not staged on this node")
+        if not os.path.exists(volume_path):
+            raise NotFound(f"{volume_path} does not exist")
         sessions = [s for s in self._iscsiadm.sessions() if s.target_iqn == state.target_iqn]
         paths = [d.name for s in sessions for d in self._scsi.devices(s.sid, state.lun)]
         for path in paths:

@@ -40,6 +40,16 @@ def _path(value: str, field: str) -> str:
     return value.rstrip("/") or "/"
 
 
+def _lookup_path(value: str, field: str) -> str:
+    """A path only looked up (stats, expand): one that cannot be our mount is unknown, not malformed."""
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    try:
+        return _path(value, field)
+    except InvalidArgument:
+        raise NotFound(f"{field} {value!r} is not where this volume is published") from None
+
+
 def _volume_id(value: str) -> str:
     if not value:
         raise InvalidArgument("volume_id is required")
@@ -148,10 +158,11 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
     def NodeGetVolumeStats(self, request: csi_pb2.NodeGetVolumeStatsRequest,
                            context: grpc.ServicerContext) -> csi_pb2.NodeGetVolumeStatsResponse:
         volume_id = _volume_id(request.volume_id)
-        path = _path(request.volume_path, "volume_path")
+        if not request.volume_path:
+            raise InvalidArgument("volume_path is required")
         if not contract.is_volume_id(volume_id):
             raise NotFound(f"volume {volume_id!r} is not a csi-iscsi volume")
-        stats = self.volumes.stats(volume_id, path)
+        stats = self.volumes.stats(volume_id, _lookup_path(request.volume_path, "volume_path"))
         Unit = csi_pb2.VolumeUsage.Unit
         usage = [csi_pb2.VolumeUsage(unit=Unit.BYTES, total=stats.total_bytes, used=stats.used_bytes,
                                      available=stats.available_bytes)]
@@ -164,9 +175,11 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
     def NodeExpandVolume(self, request: csi_pb2.NodeExpandVolumeRequest,
                          context: grpc.ServicerContext) -> csi_pb2.NodeExpandVolumeResponse:
         volume_id = _volume_id(request.volume_id)
-        path = _path(request.volume_path, "volume_path")
+        if not request.volume_path:
+            raise InvalidArgument("volume_path is required")
         if not contract.is_volume_id(volume_id):
             raise NotFound(f"volume {volume_id!r} is not a csi-iscsi volume")
+        path = _lookup_path(request.volume_path, "volume_path")
         with self._locks.hold(volume_id, "NodeExpandVolume"):
             size = self.volumes.expand(volume_id, path)
         return csi_pb2.NodeExpandVolumeResponse(capacity_bytes=size)

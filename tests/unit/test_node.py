@@ -249,3 +249,16 @@ def test_multipath_required_without_multipathd(world: NodeWorld) -> None:
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "multipathd is not running" in err.value.details()
     assert not any("--login" in c for c in world.runner.calls)
+
+
+def test_stats_and_expand_treat_foreign_paths_as_unknown(world: NodeWorld) -> None:
+    world.stage()
+    for call, req in ((world.stub.NodeGetVolumeStats, csi_pb2.NodeGetVolumeStatsRequest),
+                      (world.stub.NodeExpandVolume, csi_pb2.NodeExpandVolumeRequest)):
+        for path in ("some/path", "/no/such/dir", "/a/../b"):
+            with pytest.raises(grpc.RpcError) as err:
+                call(req(volume_id=VID, volume_path=path))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND, path
+        with pytest.raises(grpc.RpcError) as err:
+            call(req(volume_id=VID))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
