@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     controller.add_argument("--portal", action="append", default=[],
                             help="ip:port the targets listen on; repeat for multipath")
     controller.add_argument("--target-iqn-prefix", default=DEFAULT_TARGET_IQN_PREFIX)
+    controller.add_argument("--serve-zone", action="append", default=[],
+                            help="topology zone whose nodes reach the portals; repeatable (default: default)")
     controller.add_argument("--saveconfig", type=Path, default=DEBIAN_SAVE_FILE,
                             help="the LIO config file restored at boot (Debian: rtslib-fb-targetctl)")
 
@@ -149,7 +151,7 @@ def build_services(args: argparse.Namespace) -> Services:
                                   args.target_iqn_prefix)
         target.reconcile()
         checks.append(target.ready)
-        controller = ControllerServicer(target)
+        controller = ControllerServicer(target, tuple(args.serve_zone) or (DEFAULT_ZONE,))
     if args.mode in ("node", "all"):
         node = NodeServicer(_node_identity(args), _node_volumes(args, runner))
         checks.append(lambda: node_ready(runner))

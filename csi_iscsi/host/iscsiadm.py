@@ -12,6 +12,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from csi_iscsi.chap import Chap
 from csi_iscsi.host.runner import CommandFailed, Runner
 
 ISCSIADM = "iscsiadm"
@@ -23,19 +24,6 @@ EXIT_NO_OBJS_FOUND = 21  # no session / no record: fine on cleanup
 log = logging.getLogger(__name__)
 
 _SESSION_LINE = re.compile(r"^\S+: \[(\d+)\] (\S+?),(-?\d+) (\S+)")
-
-
-@dataclass(frozen=True)
-class Chap:
-    """CHAP credentials for one direction pair; the values never reach a log."""
-
-    user: str
-    password: str
-    mutual_user: str = ""
-    mutual_password: str = ""
-
-    def secrets(self) -> tuple[str, ...]:
-        return tuple(s for s in (self.password, self.mutual_password) if s)
 
 
 @dataclass(frozen=True)

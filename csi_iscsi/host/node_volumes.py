@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csi_iscsi import contract
+from csi_iscsi.chap import Chap
 from csi_iscsi.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from csi_iscsi.host.attach import Attacher, Attachment
 from csi_iscsi.host.filesystem import Filesystems
-from csi_iscsi.host.iscsiadm import Chap, Iscsiadm
+from csi_iscsi.host.iscsiadm import Iscsiadm
 from csi_iscsi.host.multipath import Multipath
 from csi_iscsi.host.runner import CommandFailed, Runner
 from csi_iscsi.host.scsi import Scsi

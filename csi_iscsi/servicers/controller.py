@@ -3,23 +3,28 @@ themselves are the target backend's (csi_iscsi.target.api.TargetBackend)."""
 
 from __future__ import annotations
 
-import re
-
 import grpc
 
 from csi_iscsi import contract
-from csi_iscsi.contract import AUTH_MODES, NodeId, Parameters, PublishContext, SecretKeys, VolumeContext
+from csi_iscsi.chap import chap_from_secrets
+from csi_iscsi.contract import (
+    AUTH_MODES,
+    DEFAULT_ZONE,
+    TOPOLOGY_KEY,
+    NodeId,
+    Parameters,
+    PublishContext,
+    VolumeContext,
+)
 from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
 from csi_iscsi.errors import Aborted, AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, OutOfRange
 from csi_iscsi.locks import VolumeLocks
 from csi_iscsi.target.api import TargetBackend, VolumeSpec
-from csi_iscsi.target.lio import TargetChap
 from csi_iscsi.target.pools import SIZE_ALIGN, align
 from csi_iscsi.target.records import VolumeRecord
 from csi_iscsi.volume_capabilities import READONLY_MODES, check_all, check_one, is_single_node
 
 DEFAULT_SIZE = 1024 * 1024 * 1024
-_CHAP_VALUE = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 Cap = csi_pb2.ControllerServiceCapability.RPC
 CAPABILITIES = [
@@ -49,8 +54,9 @@ def _fits(record: VolumeRecord, cr: csi_pb2.CapacityRange) -> bool:
 
 
 class ControllerServicer(csi_pb2_grpc.ControllerServicer):
-    def __init__(self, target: TargetBackend) -> None:
+    def __init__(self, target: TargetBackend, zones: tuple[str, ...] = (DEFAULT_ZONE,)) -> None:
         self._target = target
+        self._zones = zones
         self._locks = VolumeLocks()
 
     # Helpers -------------------------------------------------------------------------------------
@@ -89,24 +95,6 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         if record is None:
             raise NotFound(f"volume {volume_id!r} does not exist")
         return record
-
-    @staticmethod
-    def _chap(auth: str, secrets: dict[str, str]) -> TargetChap | None:
-        if auth == "none":
-            return None
-        needed = [SecretKeys.USER, SecretKeys.PASSWORD]
-        if auth == "mutual":
-            needed += [SecretKeys.MUTUAL_USER, SecretKeys.MUTUAL_PASSWORD]
-        missing = [k for k in needed if not secrets.get(k)]
-        if missing:
-            raise InvalidArgument(f"the volume requires {auth} CHAP but the controller-publish secret lacks "
-                                  f"{missing} (csi.storage.k8s.io/controller-publish-secret-name)")
-        bad = [k for k in needed if not _CHAP_VALUE.fullmatch(secrets[k])]
-        if bad:
-            raise InvalidArgument(f"secret values {bad} must be 1-255 printable ASCII characters without spaces")
-        return TargetChap(secrets[SecretKeys.USER], secrets[SecretKeys.PASSWORD],
-                          secrets.get(SecretKeys.MUTUAL_USER, "") if auth == "mutual" else "",
-                          secrets.get(SecretKeys.MUTUAL_PASSWORD, "") if auth == "mutual" else "")
 
     # RPCs ----------------------------------------------------------------------------------------
 
@@ -165,7 +153,8 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
             raise InvalidArgument(f"volume {record.volume_id} is a {record.access_type} volume, "
                                   f"not {cap.access_type}")
         readonly = request.readonly or request.volume_capability.access_mode.mode in READONLY_MODES
-        chap = self._chap(record.authentication, dict(request.secrets))
+        chap = chap_from_secrets(record.authentication, dict(request.secrets),
+                                 "csi.storage.k8s.io/controller-publish-secret-name")
         with self._locks.hold(record.volume_id, "ControllerPublishVolume"):
             record = self._record(request.volume_id)
             grant = record.grants.get(str(node))
@@ -242,7 +231,10 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         if request.volume_capabilities:
             check_all(request.volume_capabilities)
         pool, _, _ = self._parameters(dict(request.parameters))
-        available = self._target.available_bytes(pool)
+        zone = request.accessible_topology.segments.get(TOPOLOGY_KEY) if request.HasField(
+            "accessible_topology") else None
+        # The target is reachable from the zones the controller serves; elsewhere there is nothing to give.
+        available = self._target.available_bytes(pool) if zone in (None, *self._zones) else 0
         return csi_pb2.GetCapacityResponse(
             available_capacity=available, maximum_volume_size={"value": available},
             minimum_volume_size={"value": SIZE_ALIGN})

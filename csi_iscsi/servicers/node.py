@@ -8,15 +8,14 @@ from dataclasses import dataclass
 import grpc
 
 from csi_iscsi import contract
-from csi_iscsi.contract import AUTH_MODES, TOPOLOGY_KEY, NodeId, PublishContext, SecretKeys, VolumeContext
+from csi_iscsi.chap import chap_from_secrets
+from csi_iscsi.contract import TOPOLOGY_KEY, NodeId, PublishContext, VolumeContext
 from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
 from csi_iscsi.errors import InvalidArgument, NotFound
-from csi_iscsi.host.iscsiadm import Chap
 from csi_iscsi.host.node_volumes import NodeVolumes, TargetInfo
 from csi_iscsi.locks import VolumeLocks
 from csi_iscsi.volume_capabilities import READONLY_MODES, check_one
 
-_CHAP_VALUE = re.compile(r"^[\x21-\x7e]{1,255}$")
 _WWID = re.compile(r"^3[0-9a-f]{16,40}$")
 
 NodeCap = csi_pb2.NodeServiceCapability.RPC
@@ -40,14 +39,17 @@ def _path(value: str, field: str) -> str:
     return value.rstrip("/") or "/"
 
 
-def _lookup_path(value: str, field: str) -> str:
-    """A path only looked up (stats, expand): one that cannot be our mount is unknown, not malformed."""
-    if not value:
-        raise InvalidArgument(f"{field} is required")
+def _known_volume_at(volume_id: str, volume_path: str) -> tuple[str, str]:
+    """Stats and expand only look a path up: one that cannot be the volume's is unknown, not malformed."""
+    _volume_id(volume_id)
+    if not volume_path:
+        raise InvalidArgument("volume_path is required")
+    if not contract.is_volume_id(volume_id):
+        raise NotFound(f"volume {volume_id!r} is not a csi-iscsi volume")
     try:
-        return _path(value, field)
+        return volume_id, _path(volume_path, "volume_path")
     except InvalidArgument:
-        raise NotFound(f"{field} {value!r} is not where this volume is published") from None
+        raise NotFound(f"volume_path {volume_path!r} is not where this volume is published") from None
 
 
 def _volume_id(value: str) -> str:
@@ -74,26 +76,6 @@ def _target(volume_id: str, publish: dict[str, str], volume: dict[str, str]) -> 
     return TargetInfo(iqn, portal_list, int(lun), wwid)
 
 
-def _chap(auth: str, secrets: dict[str, str]) -> Chap | None:
-    if auth not in AUTH_MODES:
-        raise InvalidArgument(f"publish_context authentication {auth!r} is not one of {list(AUTH_MODES)}")
-    if auth == "none":
-        return None
-    needed = [SecretKeys.USER, SecretKeys.PASSWORD]
-    if auth == "mutual":
-        needed += [SecretKeys.MUTUAL_USER, SecretKeys.MUTUAL_PASSWORD]
-    missing = [k for k in needed if not secrets.get(k)]
-    if missing:
-        raise InvalidArgument(f"the volume requires {auth} CHAP but the node-stage secret lacks {missing} "
-                              "(csi.storage.k8s.io/node-stage-secret-name)")
-    if any(not _CHAP_VALUE.fullmatch(secrets[k]) for k in needed):
-        raise InvalidArgument("CHAP secret values must be 1-255 printable ASCII characters without spaces")
-    mutual = auth == "mutual"
-    return Chap(secrets[SecretKeys.USER], secrets[SecretKeys.PASSWORD],
-                secrets[SecretKeys.MUTUAL_USER] if mutual else "",
-                secrets[SecretKeys.MUTUAL_PASSWORD] if mutual else "")
-
-
 class NodeServicer(csi_pb2_grpc.NodeServicer):
     def __init__(self, identity: NodeIdentity, volumes: NodeVolumes | None = None) -> None:
         self._identity = identity
@@ -117,7 +99,8 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
             raise NotFound(f"volume {volume_id!r} is not a csi-iscsi volume")
         publish, volume = dict(request.publish_context), dict(request.volume_context)
         target = _target(volume_id, publish, volume)
-        chap = _chap(publish.get(PublishContext.AUTH, "none"), dict(request.secrets))
+        chap = chap_from_secrets(publish.get(PublishContext.AUTH, "none"), dict(request.secrets),
+                                 "csi.storage.k8s.io/node-stage-secret-name")
         with self._locks.hold(volume_id, "NodeStageVolume"):
             self.volumes.stage(volume_id, target, staging, cap.access_type, cap.fs_type, list(cap.mount_flags), chap)
         return csi_pb2.NodeStageVolumeResponse()
@@ -157,12 +140,8 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
 
     def NodeGetVolumeStats(self, request: csi_pb2.NodeGetVolumeStatsRequest,
                            context: grpc.ServicerContext) -> csi_pb2.NodeGetVolumeStatsResponse:
-        volume_id = _volume_id(request.volume_id)
-        if not request.volume_path:
-            raise InvalidArgument("volume_path is required")
-        if not contract.is_volume_id(volume_id):
-            raise NotFound(f"volume {volume_id!r} is not a csi-iscsi volume")
-        stats = self.volumes.stats(volume_id, _lookup_path(request.volume_path, "volume_path"))
+        volume_id, path = _known_volume_at(request.volume_id, request.volume_path)
+        stats = self.volumes.stats(volume_id, path)
         Unit = csi_pb2.VolumeUsage.Unit
         usage = [csi_pb2.VolumeUsage(unit=Unit.BYTES, total=stats.total_bytes, used=stats.used_bytes,
                                      available=stats.available_bytes)]
@@ -174,12 +153,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
 
     def NodeExpandVolume(self, request: csi_pb2.NodeExpandVolumeRequest,
                          context: grpc.ServicerContext) -> csi_pb2.NodeExpandVolumeResponse:
-        volume_id = _volume_id(request.volume_id)
-        if not request.volume_path:
-            raise InvalidArgument("volume_path is required")
-        if not contract.is_volume_id(volume_id):
-            raise NotFound(f"volume {volume_id!r} is not a csi-iscsi volume")
-        path = _lookup_path(request.volume_path, "volume_path")
+        volume_id, path = _known_volume_at(request.volume_id, request.volume_path)
         with self._locks.hold(volume_id, "NodeExpandVolume"):
             size = self.volumes.expand(volume_id, path)
         return csi_pb2.NodeExpandVolumeResponse(capacity_bytes=size)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from csi_iscsi.chap import Chap
 from csi_iscsi.errors import FailedPrecondition, NotFound
 
 log = logging.getLogger(__name__)
@@ -22,16 +22,6 @@ TPG_TAG = 1
 LUN_INDEX = 0
 HBA_INDEXES = 1 << 20  # LIO accepts HBA indexes below 2^20
 CONFIGFS = Path("/sys/kernel/config/target")
-
-
-@dataclass(frozen=True)
-class TargetChap:
-    """CHAP for one ACL: the initiator proves user/password; mutual_* is the target's proof."""
-
-    user: str
-    password: str
-    mutual_user: str = ""
-    mutual_password: str = ""
 
 
 def _rtslib() -> Any:
@@ -170,7 +160,7 @@ class Lio:
     # ACLs --------------------------------------------------------------------------------------
 
     def grant(self, iqn: str, initiator: str, *, readonly: bool = False,
-              chap: TargetChap | None = None) -> None:
+              chap: Chap | None = None) -> None:
         """An ACL for initiator with LUN 0 mapped (write-protected when readonly)."""
         tpg = self._tpg(iqn)
         acl = self._rts.NodeACL(tpg, initiator, mode="any")

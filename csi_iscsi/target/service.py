@@ -15,11 +15,12 @@ from pathlib import Path
 from prometheus_client import Gauge
 
 from csi_iscsi import contract
+from csi_iscsi.chap import Chap
 from csi_iscsi.contract import NodeId
 from csi_iscsi.errors import FailedPrecondition, NotFound, ResourceExhausted
 from csi_iscsi.readiness import CONFIGFS_TARGET
 from csi_iscsi.target.api import PoolInfo, VolumeSpec
-from csi_iscsi.target.lio import Lio, TargetChap
+from csi_iscsi.target.lio import Lio
 from csi_iscsi.target.pools import Accounting, Pool
 from csi_iscsi.target.records import CREATING, DELETING, READY, Grant, RecordStore, VolumeRecord
 from csi_iscsi.target.saveconfig import SavedConfig
@@ -149,7 +150,7 @@ class LioTargetService:
         self._records.remove(volume_id)
         self._accounting.add(record.pool, -record.capacity_bytes)
 
-    def publish(self, volume_id: str, node: NodeId, readonly: bool, chap: TargetChap | None) -> VolumeRecord:
+    def publish(self, volume_id: str, node: NodeId, readonly: bool, chap: Chap | None) -> VolumeRecord:
         record = self._ready(volume_id)
         self._records.claim_initiator(node, volume_id)
         with self._lio_lock:

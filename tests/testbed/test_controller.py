@@ -12,11 +12,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from csi_iscsi.chap import Chap
 from csi_iscsi.contract import NodeId
 from csi_iscsi.csi import csi_pb2
 from csi_iscsi.errors import Unavailable
 from csi_iscsi.host.attach import Attacher, AttachTimeouts
-from csi_iscsi.host.iscsiadm import Chap, Iscsiadm, SessionSettings
+from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
 from csi_iscsi.host.multipath import Multipath
 from csi_iscsi.host.runner import SubprocessRunner
 from csi_iscsi.host.scsi import Scsi
@@ -244,3 +245,25 @@ def test_fileio_volume_grows_offline_and_keeps_its_data(env: dict[str, Path], in
         att.detach(ctx["targetIQN"], 0, ctx["wwid"])
         unpublish(plugin, volume.volume_id, me)
         delete(plugin, volume.volume_id)
+
+
+def test_mutual_chap_both_sides_prove_themselves(env: dict[str, Path], initiator_iqn: str) -> None:
+    me = NodeId("testbed", initiator_iqn)
+    secrets = {"chapUser": "init-user", "chapPassword": "init-password-1",
+               "chapMutualUser": "target-user", "chapMutualPassword": "target-password-2"}
+    att = attacher()
+    with start(env) as plugin:
+        volume = create(plugin, "pvc-mutual", authentication="mutual")
+        pctx = publish(plugin, volume.volume_id, me, secrets)
+        assert pctx["authentication"] == "mutual"
+        # The initiator expects the target to prove a password it does not have: refused.
+        with pytest.raises(Unavailable):
+            att.attach(pctx["targetIQN"], PORTALS, 0, pctx["wwid"],
+                       Chap("init-user", "init-password-1", "target-user", "not-the-target-pw"))
+        attachment = att.attach(pctx["targetIQN"], PORTALS, 0, pctx["wwid"],
+                                Chap("init-user", "init-password-1", "target-user", "target-password-2"))
+        assert len(attachment.paths) == 2
+        att.detach(pctx["targetIQN"], 0, pctx["wwid"])
+        unpublish(plugin, volume.volume_id, me)
+        delete(plugin, volume.volume_id)
+    assert "target-password-2" not in env["log"].read_text()

@@ -328,3 +328,29 @@ def test_twenty_volumes_staged_at_once(cluster: Cluster) -> None:
         cluster.detach(volume)
         cluster.delete(volume)
     assert all(leftovers(v.volume_id) == [] for v in volumes)
+
+
+def test_unstage_is_bounded_when_the_target_is_gone(cluster: Cluster) -> None:
+    volume = cluster.create("pvc-gone")
+    staging, target = cluster.attach(volume)
+    (Path(target) / "data").write_bytes(b"x" * 4096)
+    subprocess.run(["sync"], check=True)
+    cluster.node.node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume.volume_id,
+                                                                             target_path=target))
+    subprocess.run(["nft", "add", "table", "inet", "csigone"], check=True)
+    subprocess.run(["nft", "add", "chain", "inet", "csigone", "out", "{ type filter hook output priority 0 ; }"],
+                   check=True)
+    subprocess.run(["nft", "add", "rule", "inet", "csigone", "out", "tcp", "dport", "3260", "drop"], check=True)
+    try:
+        start = time.monotonic()
+        cluster.node.node.NodeUnstageVolume(csi_pb2.NodeUnstageVolumeRequest(
+            volume_id=volume.volume_id, staging_target_path=staging), timeout=300)
+        took = time.monotonic() - start
+        print(f"unstage with every portal unreachable took {took:.1f} s")
+        assert took < 180
+        assert leftovers(volume.volume_id, [staging, target]) == []
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", "csigone"], check=False)
+    cluster.controller.controller.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(
+        volume_id=volume.volume_id, node_id=cluster.node_id))
+    cluster.delete(volume)

@@ -271,6 +271,9 @@ def test_capacity_and_validation(world: World) -> None:
     before = world.stub.GetCapacity(csi_pb2.GetCapacityRequest()).available_capacity
     vid = world.create(size=100 * MiB).volume_id
     assert world.stub.GetCapacity(csi_pb2.GetCapacityRequest()).available_capacity == before - 100 * MiB
+    other_zone = csi_pb2.GetCapacityRequest(accessible_topology=csi_pb2.Topology(
+        segments={"topology.iscsi.csi-iscsi.io/zone": "elsewhere"}))
+    assert world.stub.GetCapacity(other_zone).available_capacity == 0
     ok = world.stub.ValidateVolumeCapabilities(csi_pb2.ValidateVolumeCapabilitiesRequest(
         volume_id=vid, volume_capabilities=[cap()]))
     assert ok.HasField("confirmed")

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from csi_iscsi.host.iscsiadm import Chap, Iscsiadm, SessionSettings
+from csi_iscsi.chap import Chap
+from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
 from csi_iscsi.host.runner import CommandFailed
 from tests.fakes import FakeRunner
 
