@@ -87,6 +87,10 @@ def main() -> int:
                 volume_id=v.volume_id, node_id=node_id, volume_capability=cap)).publish_context
             return v.volume_id, dict(pctx), dict(v.volume_context)
 
+        def drop(vid: str) -> None:
+            ctl.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(volume_id=vid, node_id=node_id))
+            ctl.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=vid))
+
         def stage(vid: str, pctx: dict[str, str], vctx: dict[str, str]) -> None:
             nd.NodeStageVolume(csi_pb2.NodeStageVolumeRequest(
                 volume_id=vid, staging_target_path=str(work / "stage" / vid), volume_capability=cap,
@@ -106,6 +110,7 @@ def main() -> int:
             a, d = by_hand(contract.target_iqn(vid), contract.wwid(vid), work / "hand")
             floor_a.append(a)
             floor_d.append(d)
+            drop(vid)
             vid, pctx, vctx = volume(f"driver-{i}")
             t0 = time.perf_counter()
             stage(vid, pctx, vctx)
@@ -113,6 +118,7 @@ def main() -> int:
             unstage(vid)
             drv_a.append(t1 - t0)
             drv_d.append(time.perf_counter() - t1)
+            drop(vid)
             print(f"  sample {i + 1}: by hand {a:.2f}/{d:.2f} s, driver {t1 - t0:.2f}/{drv_d[-1]:.2f} s", flush=True)
 
         many = [volume(f"many-{i}", 64 * MiB) for i in range(args.concurrent)]
@@ -133,6 +139,7 @@ def main() -> int:
         concurrent_s = time.perf_counter() - t0
         for vid, _, _ in many:
             unstage(vid)
+            drop(vid)
     subprocess.run(["rm", "-rf", str(work)], check=False)
     m = statistics.median
     rows = [("attach", m(floor_a), m(drv_a)), ("detach", m(floor_d), m(drv_d))]

@@ -73,7 +73,7 @@ class Attacher:
             log.warning("login to %s on %s failed, continuing on the other paths: %s",
                         target_iqn, portal, why)
 
-        sessions = [s for s in self._iscsiadm.sessions() if s.target_iqn == target_iqn]
+        sessions = [s for s in self._scsi.iscsi_sessions() if s.target_iqn == target_iqn]
         for session in sessions:
             self._scsi.scan_lun(session.sid, lun)
         paths = [self._wait_for_device(session.sid, lun, wwid) for session in sessions]
@@ -101,7 +101,7 @@ class Attacher:
     def detach(self, target_iqn: str, lun: int, wwid: str) -> None:
         """Idempotent; touches only this target's sessions, devices, map and records."""
         deadline = time.monotonic() + self._timeouts.detach
-        sessions = [s for s in self._iscsiadm.sessions() if s.target_iqn == target_iqn]
+        sessions = [s for s in self._scsi.iscsi_sessions() if s.target_iqn == target_iqn]
         devices = [d.name for s in sessions for d in self._scsi.devices(s.sid, lun)]
         if self._multipath is not None:
             self._multipath.flush(wwid)
@@ -111,10 +111,9 @@ class Attacher:
             if time.monotonic() > deadline:
                 raise DeadlineExceeded(f"SCSI devices {devices} of {target_iqn} did not go away")
             time.sleep(self._poll)
-        for session in sessions:
-            remaining = max(1.0, deadline - time.monotonic())
-            self._iscsiadm.logout(target_iqn, session.portal, timeout=remaining)
-        self._forget_records(target_iqn, self._iscsiadm.node_portals(target_iqn))
+        if sessions:
+            self._iscsiadm.logout_target(target_iqn, timeout=max(1.0, deadline - time.monotonic()))
+        self._iscsiadm.delete_target_records(target_iqn)
 
     def _forget_records(self, target_iqn: str, portals: list[str]) -> None:
         for portal in portals:

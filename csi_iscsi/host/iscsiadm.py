@@ -108,8 +108,12 @@ class Iscsiadm:
     def login(self, iqn: str, portal: str, timeout: float) -> None:
         self._run([*self._node(iqn, portal), "--login"], ok_codes=(0, EXIT_SESSION_EXISTS), timeout=timeout)
 
-    def logout(self, iqn: str, portal: str, timeout: float) -> None:
-        self._run([*self._node(iqn, portal), "--logout"], ok_codes=(0, EXIT_NO_OBJS_FOUND), timeout=timeout)
+    def logout_target(self, iqn: str, timeout: float) -> None:
+        """Log out of every session of one target (one volume's, since each volume has its own)."""
+        self._run(["-m", "node", "-T", iqn, "--logout"], ok_codes=(0, EXIT_NO_OBJS_FOUND), timeout=timeout)
+
+    def delete_target_records(self, iqn: str) -> None:
+        self._run(["-m", "node", "-T", iqn, "-o", "delete"], ok_codes=(0, EXIT_NO_OBJS_FOUND))
 
     def delete_node(self, iqn: str, portal: str) -> None:
         self._run([*self._node(iqn, portal), "-o", "delete"], ok_codes=(0, EXIT_NO_OBJS_FOUND))

@@ -117,7 +117,7 @@ class NodeVolumes:
         state = self._states.get(volume_id)
         self._fs.umount(staging_path)
         iqns = {state.target_iqn} if state else set()
-        iqns |= {s.target_iqn for s in self._iscsiadm.sessions() if s.target_iqn.endswith(":" + volume_id)}
+        iqns |= {s.target_iqn for s in self._scsi.iscsi_sessions() if s.target_iqn.endswith(":" + volume_id)}
         wwid = state.wwid if state else ""
         lun = state.lun if state else 0
         for iqn in sorted(iqns):
@@ -125,8 +125,7 @@ class NodeVolumes:
         if state is None:
             # No state: still forget node records this volume's target may have left behind.
             for iqn in self._records_for(volume_id):
-                for portal in self._iscsiadm.node_portals(iqn):
-                    self._iscsiadm.delete_node(iqn, portal)
+                self._iscsiadm.delete_target_records(iqn)
         self._states.remove(volume_id)
         with contextlib.suppress(OSError):
             os.rmdir(staging_path)  # kubelet made it; an empty leftover is harmless but untidy
@@ -182,7 +181,7 @@ class NodeVolumes:
             raise NotFound(f"volume {volume_id} is not staged on this node")
         if not os.path.exists(volume_path):
             raise NotFound(f"{volume_path} does not exist")
-        sessions = [s for s in self._iscsiadm.sessions() if s.target_iqn == state.target_iqn]
+        sessions = [s for s in self._scsi.iscsi_sessions() if s.target_iqn == state.target_iqn]
         paths = [d.name for s in sessions for d in self._scsi.devices(s.sid, state.lun)]
         for path in paths:
             self._scsi.rescan(path)

@@ -17,9 +17,32 @@ class ScsiDevice:
     sid: int
 
 
+@dataclass(frozen=True)
+class IscsiSession:
+    sid: int
+    portal: str
+    target_iqn: str
+
+
 class Scsi:
     def __init__(self, sysfs: Path = Path("/sys")) -> None:
         self._sys = sysfs
+
+    def iscsi_sessions(self) -> list[IscsiSession]:
+        """The kernel's iSCSI sessions, read from sysfs (what `iscsiadm -m session` reads, minus a process)."""
+        found = []
+        for session in sorted((self._sys / "class/iscsi_session").glob("session*")):
+            sid = int(session.name.removeprefix("session"))
+            try:
+                iqn = (session / "targetname").read_text().strip()
+                conn = self._sys / "class/iscsi_connection" / f"connection{sid}:0"
+                address = (conn / "persistent_address").read_text().strip()
+                port = (conn / "persistent_port").read_text().strip()
+            except OSError:
+                continue  # a session going away while we look
+            host = f"[{address}]" if ":" in address else address
+            found.append(IscsiSession(sid, f"{host}:{port}", iqn))
+        return found
 
     def _session_dir(self, sid: int) -> Path:
         return (self._sys / "class/iscsi_session" / f"session{sid}" / "device").resolve()

@@ -18,7 +18,6 @@ from tests.unit.test_scsi_multipath import WWID, make_sysfs
 
 IQN = "iqn.2026-11.io.csi-iscsi:csi-" + "a" * 32
 PORTALS = ["127.0.0.11:3260", "127.0.0.12:3260"]
-SESSIONS = f"tcp: [1] 127.0.0.11:3260,1 {IQN} (non-flash)\ntcp: [2] 127.0.0.12:3260,1 {IQN} (non-flash)\n"
 
 
 class RecordingScsi(Scsi):
@@ -36,8 +35,8 @@ class RecordingScsi(Scsi):
 
 @pytest.fixture
 def world(tmp_path: Path) -> tuple[FakeRunner, Attacher, Path]:
-    sys_ = make_sysfs(tmp_path, 1, 3, {"sdb": (0, WWID)})
-    make_sysfs(tmp_path, 2, 4, {"sdc": (0, WWID)})
+    sys_ = make_sysfs(tmp_path, 1, 3, {"sdb": (0, WWID)}, IQN, PORTALS[0])
+    make_sysfs(tmp_path, 2, 4, {"sdc": (0, WWID)}, IQN, PORTALS[1])
     dev = tmp_path / "dev"
     (dev / "mapper").mkdir(parents=True)
     (dev / "dm-0").write_text("")
@@ -46,7 +45,6 @@ def world(tmp_path: Path) -> tuple[FakeRunner, Attacher, Path]:
         (sys_ / "block/dm-0/slaves").mkdir(parents=True, exist_ok=True)
         (sys_ / "block/dm-0/slaves" / s).write_text("")
     runner = FakeRunner()
-    runner.on(["iscsiadm", "-m", "session"], stdout=SESSIONS)
     runner.on(["iscsiadm", "-m", "node", "-T", IQN], stdout="".join(f"{p},1 {IQN}\n" for p in PORTALS))
 
     def flush(argv: tuple[str, ...]) -> tuple[int, str] | None:
@@ -83,7 +81,7 @@ def test_attach_order(world: tuple[FakeRunner, Attacher, Path]) -> None:
     got = steps(runner)
     assert got[:2] == ["node 127.0.0.11:3260 -o new", "node 127.0.0.12:3260 -o new"]
     assert sorted(got[2:4]) == ["node 127.0.0.11:3260 --login", "node 127.0.0.12:3260 --login"]
-    assert got[4:] == ["session"]
+    assert got[4:] == []  # sessions come from sysfs, not another process
     assert not any("discovery" in s for s in got)
     assert (sys_ / "class/scsi_host/host3/scan").read_text() == "- - 0"
     assert (sys_ / "class/scsi_host/host4/scan").read_text() == "- - 0"
@@ -94,12 +92,10 @@ def test_detach_order_is_map_then_devices_then_logout_then_records(
     runner, attacher, _ = world
     attacher.detach(IQN, 0, WWID)
     assert steps(runner) == [
-        "session",
         f"multipath -f {WWID}",
         "delete sdb", "delete sdc",
-        "node 127.0.0.11:3260 --logout", "node 127.0.0.12:3260 --logout",
-        "node",
-        "node 127.0.0.11:3260 -o delete", "node 127.0.0.12:3260 -o delete",
+        "node --logout",
+        "node -o delete",
     ]
 
 
@@ -108,13 +104,13 @@ def test_detach_leaves_other_targets_alone(world: tuple[FakeRunner, Attacher, Pa
     other = "iqn.2026-11.io.csi-iscsi:csi-" + "b" * 32
     attacher.detach(other, 0, "36001405" + "b" * 25)
     assert all(IQN not in " ".join(c) for c in runner.calls)
-    assert not any(c[0] in ("delete", "multipath") for c in runner.calls)
+    assert not any(c[0] in ("delete", "multipath") or "--logout" in c for c in runner.calls)
 
 
 def test_one_dead_portal_is_tolerated(world: tuple[FakeRunner, Attacher, Path]) -> None:
     runner, attacher, _ = world
     runner.on(["iscsiadm", "-m", "node", "-T", IQN, "-p", PORTALS[1], "--login"], returncode=8)
-    runner.on(["iscsiadm", "-m", "session"], stdout=SESSIONS.splitlines()[0] + "\n")
+    (world[2] / "class/iscsi_session/session2/targetname").unlink()  # that login never made a session
     attachment = attacher.attach(IQN, PORTALS, 0, WWID)
     assert attachment.failed_portals == (PORTALS[1],)
     assert attachment.paths == ("sdb",)

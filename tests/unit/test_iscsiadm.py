@@ -66,7 +66,8 @@ def test_cleanup_of_missing_things_is_fine() -> None:
     runner = FakeRunner()
     runner.on(["iscsiadm"], returncode=21)
     adm = Iscsiadm(runner)
-    adm.logout(IQN, PORTAL, timeout=5)
+    adm.logout_target(IQN, timeout=5)
+    adm.delete_target_records(IQN)
     adm.delete_node(IQN, PORTAL)
     assert adm.sessions() == []
     assert adm.node_portals(IQN) == []

@@ -46,8 +46,9 @@ class NodeWorld:
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.sys = make_sysfs(tmp, 1, 3, {"sdb": (0, WWID)})
-        make_sysfs(tmp, 2, 4, {"sdc": (0, WWID)})
+        self.sys = make_sysfs(tmp, 1, 3, {"sdb": (0, WWID)}, IQN, PORTALS[0])
+        make_sysfs(tmp, 2, 4, {"sdc": (0, WWID)}, IQN, PORTALS[1])
+        self._session_names(present=False)
         self.dev = tmp / "dev"
         (self.dev / "mapper").mkdir(parents=True)
         (self.dev / "dm-0").write_text("")
@@ -77,9 +78,19 @@ class NodeWorld:
         self.channel = grpc.insecure_channel(f"unix:{tmp}/n.sock")
         self.stub = csi_pb2_grpc.NodeStub(self.channel)
 
+    def _session_names(self, present: bool) -> None:
+        """The kernel's view of the two sessions: there after a login, gone after the logout."""
+        for sid in (1, 2):
+            name = self.sys / "class/iscsi_session" / f"session{sid}" / "targetname"
+            if present:
+                name.write_text(IQN + "\n")
+            else:
+                name.unlink(missing_ok=True)
+
     def respond(self, argv: tuple[str, ...]) -> tuple[int, str] | None:
         if argv[0] == "iscsiadm" and "--login" in argv:
             self.logged_in = True
+            self._session_names(present=True)
             for name in ("sdb", "sdc"):  # the kernel brings the devices back with the session
                 device = self.sys / "block" / name / "device"
                 device.mkdir(parents=True, exist_ok=True)
@@ -90,8 +101,9 @@ class NodeWorld:
             if not self.logged_in:
                 return 21, ""
             return 0, "".join(f"tcp: [{i}] {p},1 {IQN} (non-flash)\n" for i, p in enumerate(PORTALS, 1))
-        if argv[:2] == ("iscsiadm", "-m") and "--logout" in argv:
+        if argv[:2] == ("iscsiadm", "-m") and "--logout" in argv:  # per portal or target-wide
             self.logged_in = False
+            self._session_names(present=False)
         if argv[:4] == ("iscsiadm", "-m", "node", "-T") and len(argv) == 5:
             return 0, "".join(f"{p},1 {IQN}\n" for p in PORTALS)
         if argv[0] == "blkid":
@@ -180,8 +192,8 @@ def test_unstage_order_umount_flush_delete_logout_forget(world: NodeWorld) -> No
         f"umount {world.tmp}/staging",
         f"multipath -f {WWID}",
         "delete sdb", "delete sdc",
-        "127.0.0.11:3260 --logout", "127.0.0.12:3260 --logout",
-        "127.0.0.11:3260 -o delete", "127.0.0.12:3260 -o delete",
+        "--logout",
+        "-o delete",
     ]
     assert not (world.tmp / "state" / f"{VID}.json").exists()
     world.runner.calls.clear()

@@ -14,12 +14,20 @@ from tests.fakes import FakeRunner
 WWID = "36001405" + "a" * 25
 
 
-def make_sysfs(root: Path, sid: int, host: int, devices: dict[str, tuple[int, str]]) -> Path:
+def make_sysfs(root: Path, sid: int, host: int, devices: dict[str, tuple[int, str]],
+               target: str = "", portal: str = "") -> Path:
     """A sysfs shaped like the kernel's for one iSCSI session with the given sdX → (lun, wwid)."""
     sys_ = root / "sys"
     session = sys_ / f"devices/platform/host{host}/session{sid}"
     (sys_ / "class/iscsi_session" / f"session{sid}").mkdir(parents=True)
     os.symlink(session, sys_ / "class/iscsi_session" / f"session{sid}" / "device")
+    if target:
+        (sys_ / "class/iscsi_session" / f"session{sid}" / "targetname").write_text(target + "\n")
+        conn = sys_ / "class/iscsi_connection" / f"connection{sid}:0"
+        conn.mkdir(parents=True)
+        address, port = portal.rsplit(":", 1)
+        (conn / "persistent_address").write_text(address.strip("[]") + "\n")
+        (conn / "persistent_port").write_text(port + "\n")
     (sys_ / "class/scsi_host" / f"host{host}").mkdir(parents=True)
     (sys_ / "class/scsi_host" / f"host{host}" / "scan").write_text("")
     for name, (lun, wwid) in devices.items():
@@ -29,6 +37,15 @@ def make_sysfs(root: Path, sid: int, host: int, devices: dict[str, tuple[int, st
         (sys_ / "block" / name / "device/wwid").write_text(f"naa.{wwid[1:]}\n")
         (sys_ / "block" / name / "device/state").write_text("running\n")
     return sys_
+
+
+def test_sessions_are_read_from_sysfs(tmp_path: Path) -> None:
+    make_sysfs(tmp_path, 5, 7, {}, "iqn.2026-11.io.x:a", "127.0.0.11:3260")
+    sys_ = make_sysfs(tmp_path, 6, 8, {}, "iqn.2026-11.io.x:b", "[fd00::2]:3260")
+    make_sysfs(tmp_path, 9, 10, {})  # a session without a target name yet: skipped
+    sessions = Scsi(sys_).iscsi_sessions()
+    assert [(s.sid, s.portal, s.target_iqn) for s in sessions] == [
+        (5, "127.0.0.11:3260", "iqn.2026-11.io.x:a"), (6, "[fd00::2]:3260", "iqn.2026-11.io.x:b")]
 
 
 def test_devices_are_found_by_session_and_lun(tmp_path: Path) -> None:
