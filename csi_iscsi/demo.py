@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from typing import TypeVar
 import grpc
 
 from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
+from csi_iscsi.host.runner import SubprocessRunner
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     portals = args.portal or ["127.0.0.11:3260", "127.0.0.12:3260"]
     work = Path(tempfile.mkdtemp(prefix="csi-iscsi-demo-", dir="/var/tmp"))
     times: dict[str, float] = {}
+    runner = SubprocessRunner()
 
     def timed(name: str, call: Callable[[], T]) -> T:
         start = time.monotonic()
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 csi_pb2.ControllerUnpublishVolumeRequest(volume_id=vid, node_id=node_id)))
 
         attach()
-        maps = subprocess.run(["multipath", "-ll", volume.volume_context["wwid"]], capture_output=True, text=True)
+        maps = runner.run(["multipath", "-ll", volume.volume_context["wwid"]], timeout=30)
         print("    " + "\n    ".join(maps.stdout.strip().splitlines()))
         data = os.urandom(args.data_mib * MiB)
 
@@ -116,13 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         timed(f"write {args.data_mib} MiB + fsync", write)
         detach()
         attach()
-        subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=False)
+        Path("/proc/sys/vm/drop_caches").write_text("3")  # read from the LUN, not the page cache
         same = timed("read back", lambda: hashlib.sha256((Path(target) / "data").read_bytes()).digest()
                      == hashlib.sha256(data).digest())
         print(f"    checksum after unstage/stage {'matches' if same else 'DIFFERS'}")
         detach()
         timed("DeleteVolume", lambda: ctl.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=vid)))
-    subprocess.run(["rm", "-rf", str(work / "pool")], check=False)
+    shutil.rmtree(work / "pool", ignore_errors=True)
     print(f"data {'verified' if same else 'CORRUPTED'}")
     return 0 if same else 1
 

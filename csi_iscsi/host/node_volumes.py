@@ -126,9 +126,7 @@ class NodeVolumes:
             # No state: still forget node records this volume's target may have left behind.
             for iqn in self._records_for(volume_id):
                 self._iscsiadm.delete_target_records(iqn)
-        self._states.remove(volume_id)
-        with contextlib.suppress(OSError):
-            os.rmdir(staging_path)  # kubelet made it; an empty leftover is harmless but untidy
+        self._states.remove(volume_id)  # the staging directory itself is the CO's: left in place
 
     def _records_for(self, volume_id: str) -> list[str]:
         try:
