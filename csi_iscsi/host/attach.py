@@ -66,7 +66,7 @@ class Attacher:
         with ThreadPoolExecutor(max_workers=max(1, len(portals))) as pool:
             list(pool.map(login, portals))
         if len(failed) == len(portals):
-            self._forget_records(target_iqn, portals)
+            self._iscsiadm.delete_target_records(target_iqn)
             raise Unavailable(f"login to {target_iqn} failed on every portal: "
                               + "; ".join(f"{p}: {why}" for p, why in failed.items()))
         for portal, why in failed.items():
@@ -115,6 +115,3 @@ class Attacher:
             self._iscsiadm.logout_target(target_iqn, timeout=max(1.0, deadline - time.monotonic()))
         self._iscsiadm.delete_target_records(target_iqn)
 
-    def _forget_records(self, target_iqn: str, portals: list[str]) -> None:
-        for portal in portals:
-            self._iscsiadm.delete_node(target_iqn, portal)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from csi_iscsi.errors import FailedPrecondition, InvalidArgument
 from csi_iscsi.host.mounts import Mount, MountTable
@@ -102,7 +101,3 @@ class Filesystems:
     def source_of(self, target: str) -> str | None:
         stacked = self._mounts.at(target)
         return stacked[-1].source if stacked else None
-
-    @staticmethod
-    def ensure_dir(path: str) -> None:
-        Path(path).mkdir(parents=True, exist_ok=True)

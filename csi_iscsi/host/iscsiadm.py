@@ -8,7 +8,6 @@ granted, and node.startup=manual keeps a reboot from logging in behind the drive
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 
@@ -23,7 +22,6 @@ EXIT_NO_OBJS_FOUND = 21  # no session / no record: fine on cleanup
 
 log = logging.getLogger(__name__)
 
-_SESSION_LINE = re.compile(r"^\S+: \[(\d+)\] (\S+?),(-?\d+) (\S+)")
 
 
 @dataclass(frozen=True)
@@ -49,14 +47,6 @@ class SessionSettings:
         }
         settings.update(self.extra)
         return settings
-
-
-@dataclass(frozen=True)
-class Session:
-    sid: int
-    portal: str
-    tpgt: int
-    target_iqn: str
 
 
 class Iscsiadm:
@@ -115,24 +105,7 @@ class Iscsiadm:
     def delete_target_records(self, iqn: str) -> None:
         self._run(["-m", "node", "-T", iqn, "-o", "delete"], ok_codes=(0, EXIT_NO_OBJS_FOUND))
 
-    def delete_node(self, iqn: str, portal: str) -> None:
-        self._run([*self._node(iqn, portal), "-o", "delete"], ok_codes=(0, EXIT_NO_OBJS_FOUND))
-
-    def node_portals(self, iqn: str) -> list[str]:
-        """Portals that have a node record for this target."""
-        result = self._runner.run([ISCSIADM, "-m", "node", "-T", iqn], ok_codes=(0, EXIT_NO_OBJS_FOUND))
-        portals = []
-        for line in result.stdout.splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[1] == iqn:
-                portals.append(parts[0].rsplit(",", 1)[0])
-        return portals
-
-    def sessions(self) -> list[Session]:
-        result = self._runner.run([ISCSIADM, "-m", "session"], ok_codes=(0, EXIT_NO_OBJS_FOUND))
-        found = []
-        for line in result.stdout.splitlines():
-            m = _SESSION_LINE.match(line)
-            if m:
-                found.append(Session(int(m[1]), m[2], int(m[3]), m[4]))
-        return found
+    def record_targets(self) -> list[str]:
+        """Every target that has a node record on this host."""
+        result = self._runner.run([ISCSIADM, "-m", "node"], ok_codes=(0, EXIT_NO_OBJS_FOUND), timeout=30)
+        return sorted({parts[1] for parts in map(str.split, result.stdout.splitlines()) if len(parts) == 2})

@@ -124,17 +124,10 @@ class NodeVolumes:
             self._attacher.detach(iqn, lun, wwid or contract.wwid(volume_id))
         if state is None:
             # No state: still forget node records this volume's target may have left behind.
-            for iqn in self._records_for(volume_id):
-                self._iscsiadm.delete_target_records(iqn)
+            for iqn in self._iscsiadm.record_targets():
+                if iqn.endswith(":" + volume_id):
+                    self._iscsiadm.delete_target_records(iqn)
         self._states.remove(volume_id)  # the staging directory itself is the CO's: left in place
-
-    def _records_for(self, volume_id: str) -> list[str]:
-        try:
-            out = self._runner.run(["iscsiadm", "-m", "node"], ok_codes=(0, 21), timeout=30).stdout
-        except CommandFailed:
-            return []
-        return sorted({line.split()[1] for line in out.splitlines()
-                       if len(line.split()) == 2 and line.split()[1].endswith(":" + volume_id)})
 
     def staged(self, volume_id: str) -> StageState | None:
         state = self._states.get(volume_id)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from csi_iscsi.contract import POOL_NAME_RE
-from csi_iscsi.errors import FailedPrecondition, InvalidArgument
+from csi_iscsi.errors import InvalidArgument
 from csi_iscsi.host.runner import Runner
 
 SIZE_ALIGN = 4 * 1024 * 1024  # LVM's default extent; fileio sizes use it too so both pools agree
@@ -189,9 +189,3 @@ def parse_pool_spec(spec: str, runner: Runner) -> Pool:
         raise InvalidArgument(f"pool {name}: unknown keys {sorted(fields)}")
     return pool
 
-
-def require_pool_ready(pool: Pool) -> None:
-    try:
-        pool.total_bytes()
-    except (OSError, FailedPrecondition) as exc:
-        raise FailedPrecondition(f"pool {pool.name} is not usable: {exc}") from exc

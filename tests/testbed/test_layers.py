@@ -23,30 +23,17 @@ from csi_iscsi.host.scsi import Scsi
 from csi_iscsi.target.lio import Lio
 
 from .conftest import PORTALS
+from .conftest import leftovers as initiator_leftovers
 
 SIZE = 256 * 1024 * 1024
 
 
 def leftovers(volume_id: str, iqn: str, wwid: str, mountpoint: Path) -> list[str]:
     """Everything of this volume still present on the target or the initiator."""
-    found = []
     lio = Lio()
-    if lio.storage_object_exists(volume_id):
-        found.append(f"storage object {volume_id}")
-    if lio.target_exists(iqn):
-        found.append(f"target {iqn}")
-    runner = SubprocessRunner()
-    iscsiadm = Iscsiadm(runner)
-    found += [f"session {s.sid} on {s.portal}" for s in iscsiadm.sessions() if s.target_iqn == iqn]
-    found += [f"node record on {p}" for p in iscsiadm.node_portals(iqn)]
-    if Path(f"/dev/mapper/{wwid}").exists():
-        found.append(f"multipath map {wwid}")
-    scsi = Scsi()
-    found += [f"SCSI device {d.name}" for d in Path("/sys/block").iterdir()
-              if d.name.startswith("sd") and scsi.wwid(d.name) == wwid]
-    if MountTable().at(str(mountpoint)):
-        found.append(f"mount at {mountpoint}")
-    return found
+    found = [f"storage object {volume_id}"] if lio.storage_object_exists(volume_id) else []
+    found += [f"target {iqn}"] if lio.target_exists(iqn) else []
+    return found + initiator_leftovers(volume_id, [str(mountpoint)])
 
 
 def test_export_attach_multipath_mkfs_mount_and_leave_nothing(pool_dir: Path, initiator_iqn: str,

@@ -68,19 +68,11 @@ def test_cleanup_of_missing_things_is_fine() -> None:
     adm = Iscsiadm(runner)
     adm.logout_target(IQN, timeout=5)
     adm.delete_target_records(IQN)
-    adm.delete_node(IQN, PORTAL)
-    assert adm.sessions() == []
-    assert adm.node_portals(IQN) == []
+    assert adm.record_targets() == []
 
 
-def test_sessions_and_records_are_parsed() -> None:
+def test_record_targets_are_listed_once_each() -> None:
     runner = FakeRunner()
-    runner.on(["iscsiadm", "-m", "session"], stdout=(
-        f"tcp: [3] 127.0.0.11:3260,1 {IQN} (non-flash)\n"
-        "tcp: [4] [fd00::2]:3260,1 iqn.2026-11.io.other:x (non-flash)\n"))
-    runner.on(["iscsiadm", "-m", "node", "-T", IQN], stdout=f"127.0.0.11:3260,1 {IQN}\n127.0.0.12:3260,-1 {IQN}\n")
-    adm = Iscsiadm(runner)
-    sessions = adm.sessions()
-    assert [(s.sid, s.portal, s.target_iqn) for s in sessions] == [
-        (3, "127.0.0.11:3260", IQN), (4, "[fd00::2]:3260", "iqn.2026-11.io.other:x")]
-    assert adm.node_portals(IQN) == ["127.0.0.11:3260", "127.0.0.12:3260"]
+    runner.on(["iscsiadm", "-m", "node"], stdout=(
+        f"127.0.0.11:3260,1 {IQN}\n127.0.0.12:3260,-1 {IQN}\n[fd00::2]:3260,1 iqn.2026-11.io.other:x\n"))
+    assert Iscsiadm(runner).record_targets() == sorted([IQN, "iqn.2026-11.io.other:x"])
