@@ -1,0 +1,77 @@
+"""Checks that need the helm binary: lint, render, and deploy/ == what the chart renders.
+
+No registry reachable from this project's build machines carries helm, so there these skip with
+that reason. They run wherever helm is installed (tests/e2e/run needs it too)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.packaging.conftest import CHART, DEPLOY, E2E, PACKAGING, load_all
+
+HELM = shutil.which("helm")
+pytestmark = pytest.mark.skipif(
+    HELM is None, reason="helm is not installed here (no reachable registry carries it): helm lint, helm template "
+                         "and the chart <-> deploy/ sync check did not run")
+
+# Labels only helm adds; deploy/ is the same install without a release manager.
+HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    assert HELM is not None
+    return subprocess.run([HELM, *args], capture_output=True, text=True, timeout=120)
+
+
+def render(*values: Path) -> list[dict[str, Any]]:
+    flags = [arg for v in values for arg in ("-f", str(v))]
+    out = helm("template", "csi-iscsi", str(CHART), "--namespace", "csi-iscsi", *flags)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def _normalized(doc: dict[str, Any]) -> dict[str, Any]:
+    def strip(labels: dict[str, str] | None) -> None:
+        for key in HELM_ONLY_LABELS:
+            (labels or {}).pop(key, None)
+    strip(doc["metadata"].get("labels"))
+    strip(doc.get("spec", {}).get("template", {}).get("metadata", {}).get("labels"))
+    return doc
+
+
+def _keyed(docs: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"]): _normalized(d) for d in docs}
+
+
+@pytest.mark.parametrize("values", [None, E2E / "values-kind.yaml"], ids=["defaults", "kind"])
+def test_helm_lint(values: Path | None) -> None:
+    out = helm("lint", "--strict", str(CHART), *(["-f", str(values)] if values else []))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_deploy_is_what_the_chart_renders_with_defaults() -> None:
+    rendered = _keyed(render())
+    shipped = _keyed(load_all(DEPLOY / "csi-iscsi.yaml"))
+    assert rendered.keys() == shipped.keys()
+    for key in rendered:
+        assert rendered[key] == shipped[key], f"deploy/ differs from the chart for {key}"
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGING / "bad-values").glob("*.yaml")), ids=lambda p: p.stem)
+def test_helm_refuses_wrong_values(path: Path) -> None:
+    out = helm("template", "csi-iscsi", str(CHART), "-f", str(path))
+    assert out.returncode != 0 and "values don't meet the specifications of the schema" in out.stderr, out.stderr
+
+
+def test_kind_values_run_iscsid_in_the_node_pod() -> None:
+    ds = next(d for d in render(E2E / "values-kind.yaml") if d["kind"] == "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["iscsi-config"]
+    assert "iscsid" in [c["name"] for c in pod["containers"]]
+    assert "hostPID" not in pod
