@@ -8,6 +8,8 @@ echo "testbed: guest up after $(cut -d' ' -f1 /proc/uptime) s (kernel $(uname -r
 mkdir -p /src /shared
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 src /src
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro shared /shared 2>/dev/null || true
+mkdir -p /images
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro images /images 2>/dev/null || true
 for m in $(grep -v '^#' /etc/modules-load.d/csi-testbed.conf); do modprobe "$m"; done
 mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config
 systemctl start iscsid.socket iscsid.service multipathd.service

@@ -4,6 +4,6 @@ CACHE_ROOT=${CSI_ISCSI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/csi-iscsi}
 
 # The image is keyed on everything that goes into it, so a changed recipe means a new image.
 recipe_hash() {
-    (cd "$TESTBED_DIR" && cat build-image packages.txt requirements.txt guest/*) | sha256sum | cut -c1-16
+    (cd "$TESTBED_DIR" && cat build-image packages.txt packages-apt.txt requirements.txt guest/*) | sha256sum | cut -c1-16
 }
 IMAGE_DIR="$CACHE_ROOT/testbed-$(recipe_hash)"

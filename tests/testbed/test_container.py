@@ -1,0 +1,166 @@
+"""The plugins run from the driver's container image (image/build), started the way the chart
+starts them: the controller privileged in the host network with configfs, the pool and the LIO
+config mounted; the node privileged with the host's PID namespace, running the host's iscsiadm,
+multipath and mount through nsenter (--host-pid=1, the chart's default), the kubelet directory
+shared both ways. podman stands in for the kubelet; the kernel, LIO and the initiator are real."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from csi_iscsi import __version__
+from csi_iscsi.contract import NodeId
+from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
+
+from .conftest import leftovers
+from .plugins import PORTALS, MiB
+from .test_node import Cluster, drop_caches, sha
+
+IMAGE = f"localhost/csi-iscsi:{__version__}"
+ARCHIVE = Path(f"/images/csi-iscsi-{__version__}.tar")
+ROOT = Path("/var/tmp/csi-container-test")  # stands for the kubelet directory
+STATE = Path("/var/lib/csi-iscsi-container-test")
+SOCKETS = Path("/run/csi-container-test")
+
+
+@dataclass
+class ContainerPlugin:
+    name: str
+    channel: grpc.Channel
+
+    @property
+    def identity(self) -> csi_pb2_grpc.IdentityStub:
+        return csi_pb2_grpc.IdentityStub(self.channel)
+
+    @property
+    def controller(self) -> csi_pb2_grpc.ControllerStub:
+        return csi_pb2_grpc.ControllerStub(self.channel)
+
+    @property
+    def node(self) -> csi_pb2_grpc.NodeStub:
+        return csi_pb2_grpc.NodeStub(self.channel)
+
+
+def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    # The VM runs no D-Bus, so podman manages cgroups itself and logs events to a file.
+    return subprocess.run(["podman", "--cgroup-manager=cgroupfs", "--events-backend=file", *args],
+                          capture_output=True, text=True, check=check, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    if not ARCHIVE.exists():
+        if os.environ.get("REQUIRE_IMAGE") == "1":
+            pytest.fail(f"{ARCHIVE} missing: image/build must run before the testbed suite")
+        pytest.skip(f"no image archive at {ARCHIVE}: run image/build first")
+    start = time.monotonic()
+    podman("load", "--quiet", "--input", str(ARCHIVE), timeout=900)
+    print(f"podman load of {ARCHIVE.name}: {time.monotonic() - start:.1f} s")
+    return IMAGE
+
+
+@contextmanager
+def container(name: str, run_args: list[str], sock: Path) -> Iterator[ContainerPlugin]:
+    podman("rm", "--force", "--ignore", name)
+    podman("run", "--detach", "--name", name, *run_args)
+    channel = grpc.insecure_channel(f"unix:{sock}")
+    try:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=120)
+        except grpc.FutureTimeoutError:
+            logs = podman("logs", name, check=False)
+            raise RuntimeError(f"container {name} did not serve on {sock}: {logs.stdout}{logs.stderr}") from None
+        yield ContainerPlugin(name, channel)
+    finally:
+        channel.close()
+        # A test may remove the container on purpose (a rollout); otherwise it must stop cleanly.
+        if podman("container", "exists", name, check=False).returncode == 0:
+            podman("stop", "--time", "30", name, check=False)
+            rc = podman("inspect", "--format", "{{.State.ExitCode}}", name, check=False).stdout.strip()
+            logs = podman("logs", name, check=False)
+            Path(f"/var/tmp/{name}.log").write_text(logs.stdout + logs.stderr)
+            podman("rm", "--force", name, check=False)
+            assert rc == "0", f"container {name} exited with {rc} on SIGTERM"
+
+
+def controller_run_args(image: str, pool: Path, saveconfig: Path) -> list[str]:
+    mounts = ["/sys/kernel/config", "/dev", str(STATE), str(pool), str(saveconfig.parent), str(SOCKETS)]
+    args = ["--privileged", "--network=host"]
+    for m in mounts:
+        args += ["--volume", f"{m}:{m}"]
+    args += ["--volume", "/lib/modules:/lib/modules:ro", image, "controller",
+             "--endpoint", f"unix://{SOCKETS}/controller.sock", "--state-dir", str(STATE),
+             "--pool", f"name=default,type=fileio,path={pool}", "--saveconfig", str(saveconfig)]
+    for portal in PORTALS:
+        args += ["--portal", portal]
+    return args
+
+
+def node_run_args(image: str) -> list[str]:
+    args = ["--privileged", "--network=host", "--pid=host"]
+    for m in ["/dev", "/sys", "/etc/iscsi", str(STATE), str(SOCKETS)]:
+        args += ["--volume", f"{m}:{m}"]
+    # The kubelet directory, shared both ways as the chart's Bidirectional mount propagation does.
+    args += ["--volume", f"{ROOT}:{ROOT}:rshared", "--volume", "/run/udev:/run/udev:ro",
+             "--volume", "/lib/modules:/lib/modules:ro", image, "node",
+             "--endpoint", f"unix://{SOCKETS}/node.sock", "--host-pid=1", "--node-name", "testbed",
+             "--state-dir", str(STATE), "--replacement-timeout", "5", "--login-timeout", "5"]
+    return args
+
+
+@pytest.fixture
+def containers(image: str, tmp_path: Path, initiator_iqn: str) -> Iterator[Cluster]:
+    pool = Path("/var/tmp/csi-container-pool")
+    for d in (ROOT, STATE, SOCKETS, pool, tmp_path / "lio"):
+        d.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        controller = stack.enter_context(container(
+            "csi-controller", controller_run_args(image, pool, tmp_path / "lio" / "saveconfig.json"),
+            SOCKETS / "controller.sock"))
+        node = stack.enter_context(container("csi-node", node_run_args(image), SOCKETS / "node.sock"))
+        cluster = Cluster(controller, node, str(NodeId("testbed", initiator_iqn)), ROOT,  # type: ignore[arg-type]
+                          SOCKETS / "node.sock", Path("/var/tmp/csi-node.log"), STATE)
+        yield cluster
+    subprocess.run(["rm", "-rf", str(ROOT), str(STATE), str(pool)], check=False)
+
+
+def test_plugins_from_the_image_attach_write_and_detach_cleanly(containers: Cluster) -> None:
+    assert containers.node.identity.Probe(csi_pb2.ProbeRequest(), timeout=30).ready.value
+    assert containers.controller.identity.Probe(csi_pb2.ProbeRequest(), timeout=30).ready.value
+    volume = containers.create("pvc-container")
+    staging, target = containers.attach(volume)
+    # The mount was made in the host's namespace by nsenter and is visible here, outside the container.
+    findmnt = subprocess.run(["findmnt", "-n", "-o", "SOURCE", "--target", target], capture_output=True, text=True)
+    assert "/dev/mapper/" in findmnt.stdout or "/dev/dm-" in findmnt.stdout, findmnt.stdout
+    data = os.urandom(8 * MiB)
+    (Path(target) / "data").write_bytes(data)
+    containers.detach(volume)
+    assert leftovers(volume.volume_id, [staging, target]) == []
+    staging, target = containers.attach(volume)
+    drop_caches()
+    assert sha(Path(target) / "data") == hashlib.sha256(data).hexdigest()
+    containers.detach(volume)
+    containers.delete(volume)
+    assert leftovers(volume.volume_id, [staging, target]) == []
+
+
+def test_node_container_replaced_while_staged_still_unstages(containers: Cluster, image: str) -> None:
+    """A DaemonSet rollout: the node container goes away with a volume staged; the new one, with the
+    same host state directory, must still tear everything down."""
+    volume = containers.create("pvc-rollout")
+    staging, target = containers.attach(volume)
+    podman("rm", "--force", "csi-node")
+    with container("csi-node", node_run_args(image), SOCKETS / "node.sock") as node:
+        containers.detach(volume, node=node)  # type: ignore[arg-type]
+    assert leftovers(volume.volume_id, [staging, target]) == []
+    containers.delete(volume)
