@@ -74,4 +74,4 @@ def test_kind_values_run_iscsid_in_the_node_pod() -> None:
     pod = ds["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["initContainers"]] == ["iscsi-config"]
     assert "iscsid" in [c["name"] for c in pod["containers"]]
-    assert "hostPID" not in pod
+    assert "hostPID" not in pod and pod["shareProcessNamespace"] is True
