@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--grace-period", type=float, default=30.0,
                         help="seconds in-flight calls may finish after SIGTERM")
     common.add_argument("--workers", type=int, default=8)
+    common.add_argument("--host-pid", type=int, default=None,
+                        help="run the host's tools (iscsiadm, multipath, mkfs, mount; lvm on the target) in this "
+                             "PID's namespaces via nsenter: 1 in a container with the host's PID namespace")
     common.add_argument("--state-dir", type=Path, default=Path("/var/lib/csi-iscsi"),
                         help="durable state on the host: <dir>/controller (volume records), <dir>/node (stage state)")
 
@@ -77,8 +80,6 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--initiator-iqn", default="", help="override the initiator name file")
     node.add_argument("--zone", default=DEFAULT_ZONE, help="topology zone of this node")
     node.add_argument("--max-volumes", type=int, default=0, help="max volumes per node; 0 = no limit")
-    node.add_argument("--host-pid", type=int, default=None,
-                      help="run host tools in this PID's namespaces via nsenter (1 in a container)")
     node.add_argument("--multipath", choices=["required", "preferred", "off"], default="required",
                       help="without multipathd: fail the stage (required), use one path (preferred); "
                            "off never uses multipath")
@@ -128,7 +129,7 @@ def _node_volumes(args: argparse.Namespace, runner: SubprocessRunner) -> NodeVol
 
 
 def build_services(args: argparse.Namespace) -> Services:
-    runner = SubprocessRunner(host_pid=getattr(args, "host_pid", None))
+    runner = SubprocessRunner(host_pid=args.host_pid)
     controller: ControllerServicer | None = None
     node: NodeServicer | None = None
     checks: list[Callable[[], tuple[bool, str]]] = []

@@ -93,14 +93,16 @@ def container(name: str, run_args: list[str], sock: Path) -> Iterator[ContainerP
             assert rc == "0", f"container {name} exited with {rc} on SIGTERM"
 
 
-def controller_run_args(image: str, pool: Path, saveconfig: Path) -> list[str]:
-    mounts = ["/sys/kernel/config", "/dev", str(STATE), str(pool), str(saveconfig.parent), str(SOCKETS)]
-    args = ["--privileged", "--network=host"]
-    for m in mounts:
+def controller_run_args(image: str, pools: list[str], mounts: list[Path], saveconfig: Path) -> list[str]:
+    # As the chart's Deployment: host network and PID (LVM runs as the host's via nsenter), configfs.
+    args = ["--privileged", "--network=host", "--pid=host"]
+    for m in ["/sys/kernel/config", "/dev", str(STATE), *map(str, mounts), str(saveconfig.parent), str(SOCKETS)]:
         args += ["--volume", f"{m}:{m}"]
-    args += ["--volume", "/lib/modules:/lib/modules:ro", image, "controller",
+    args += ["--volume", "/lib/modules:/lib/modules:ro", image, "controller", "--host-pid=1",
              "--endpoint", f"unix://{SOCKETS}/controller.sock", "--state-dir", str(STATE),
-             "--pool", f"name=default,type=fileio,path={pool}", "--saveconfig", str(saveconfig)]
+             "--saveconfig", str(saveconfig)]
+    for pool in pools:
+        args += ["--pool", pool]
     for portal in PORTALS:
         args += ["--portal", portal]
     return args
@@ -118,20 +120,26 @@ def node_run_args(image: str) -> list[str]:
     return args
 
 
-@pytest.fixture
-def containers(image: str, tmp_path: Path, initiator_iqn: str) -> Iterator[Cluster]:
-    pool = Path("/var/tmp/csi-container-pool")
-    for d in (ROOT, STATE, SOCKETS, pool, tmp_path / "lio"):
+@contextmanager
+def plugin_containers(image: str, pools: list[str], mounts: list[Path], saveconfig: Path,
+                      initiator_iqn: str) -> Iterator[Cluster]:
+    for d in (ROOT, STATE, SOCKETS, saveconfig.parent, *mounts):
         d.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         controller = stack.enter_context(container(
-            "csi-controller", controller_run_args(image, pool, tmp_path / "lio" / "saveconfig.json"),
-            SOCKETS / "controller.sock"))
+            "csi-controller", controller_run_args(image, pools, mounts, saveconfig), SOCKETS / "controller.sock"))
         node = stack.enter_context(container("csi-node", node_run_args(image), SOCKETS / "node.sock"))
-        cluster = Cluster(controller, node, str(NodeId("testbed", initiator_iqn)), ROOT,  # type: ignore[arg-type]
-                          SOCKETS / "node.sock", Path("/var/tmp/csi-node.log"), STATE)
+        yield Cluster(controller, node, str(NodeId("testbed", initiator_iqn)), ROOT,  # type: ignore[arg-type]
+                      SOCKETS / "node.sock", Path("/var/tmp/csi-node.log"), STATE)
+    subprocess.run(["rm", "-rf", str(ROOT), str(STATE), *map(str, mounts)], check=False)
+
+
+@pytest.fixture
+def containers(image: str, tmp_path: Path, initiator_iqn: str) -> Iterator[Cluster]:
+    pool = Path("/var/tmp/csi-container-pool")
+    with plugin_containers(image, [f"name=default,type=fileio,path={pool}"], [pool], tmp_path / "lio" / "save.json",
+                           initiator_iqn) as cluster:
         yield cluster
-    subprocess.run(["rm", "-rf", str(ROOT), str(STATE), str(pool)], check=False)
 
 
 def test_plugins_from_the_image_attach_write_and_detach_cleanly(containers: Cluster) -> None:
@@ -164,3 +172,28 @@ def test_node_container_replaced_while_staged_still_unstages(containers: Cluster
         containers.detach(volume, node=node)  # type: ignore[arg-type]
     assert leftovers(volume.volume_id, [staging, target]) == []
     containers.delete(volume)
+
+
+def test_lvm_thin_pool_from_the_image_grows_online(image: str, thin_vg: str, tmp_path: Path,
+                                                   initiator_iqn: str) -> None:
+    """lvcreate/lvextend/lvremove issued from the controller container run as the host's (nsenter),
+    so the host's udev and LVM locking take part; the volume grows while mounted."""
+    pools = [f"name=thin,type=lvm-thin,vg={thin_vg},thinpool=thin"]
+    with plugin_containers(image, pools, [], tmp_path / "lio" / "save.json", initiator_iqn) as cluster:
+        volume = cluster.create("pvc-container-thin", 128 * MiB)
+        lvs = subprocess.run(["lvs", "--noheadings", "-o", "lv_name", thin_vg], capture_output=True, text=True)
+        assert volume.volume_id in lvs.stdout
+        _, target = cluster.attach(volume)
+        before = os.statvfs(target)
+        reply = cluster.controller.controller.ControllerExpandVolume(csi_pb2.ControllerExpandVolumeRequest(
+            volume_id=volume.volume_id, capacity_range=csi_pb2.CapacityRange(required_bytes=256 * MiB)), timeout=120)
+        assert reply.node_expansion_required
+        cluster.node.node.NodeExpandVolume(csi_pb2.NodeExpandVolumeRequest(
+            volume_id=volume.volume_id, volume_path=target,
+            capacity_range=csi_pb2.CapacityRange(required_bytes=256 * MiB)), timeout=120)
+        after = os.statvfs(target)
+        assert after.f_blocks * after.f_frsize > 1.8 * before.f_blocks * before.f_frsize
+        cluster.detach(volume)
+        cluster.delete(volume)
+        lvs = subprocess.run(["lvs", "--noheadings", "-o", "lv_name", thin_vg], capture_output=True, text=True)
+        assert volume.volume_id not in lvs.stdout
