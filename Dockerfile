@@ -31,10 +31,11 @@ LABEL org.opencontainers.image.title="csi-iscsi" \
       org.opencontainers.image.base.name="docker.io/library/debian:bookworm-20251229-slim"
 ENV DEBIAN_FRONTEND=noninteractive
 # The storage tools, for nodes that run them from the image rather than the host's (--host-pid).
-# python3-rtslib-fb drives LIO on the target node; lvm2 serves lvm-thin pools.
+# python3-rtslib-fb drives LIO on the target node; lvm2 serves lvm-thin pools; socat forwards
+# iscsid's control socket where nodes share one iscsid (kind, docs/e2e.md).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        python3 python3-rtslib-fb open-iscsi multipath-tools util-linux mount e2fsprogs xfsprogs lvm2 kmod \
+        python3 python3-rtslib-fb open-iscsi multipath-tools util-linux mount e2fsprogs xfsprogs lvm2 kmod socat \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
     && install -D -m 0644 /etc/iscsi/iscsid.conf /usr/share/csi-iscsi/iscsid.conf
 # (Kept outside /etc/iscsi, which the node pod mounts from the host: the chart's iscsi-config

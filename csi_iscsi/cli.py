@@ -109,10 +109,11 @@ def _node_identity(args: argparse.Namespace) -> NodeIdentity:
     return NodeIdentity(NodeId(name, iqn), args.zone, args.max_volumes)
 
 
-def _node_volumes(args: argparse.Namespace, runner: SubprocessRunner) -> NodeVolumes:
+def _node_volumes(args: argparse.Namespace, runner: SubprocessRunner, identity: NodeIdentity) -> NodeVolumes:
     settings = SessionSettings(login_timeout=args.login_timeout, login_retries=args.login_retries,
                                replacement_timeout=args.replacement_timeout,
-                               noop_out_interval=args.noop_interval, noop_out_timeout=args.noop_timeout)
+                               noop_out_interval=args.noop_interval, noop_out_timeout=args.noop_timeout,
+                               initiator_name=identity.node_id.initiator_iqn)
     login_bound = float(args.login_timeout * (args.login_retries + 1) + 10)
     timeouts = AttachTimeouts(login=login_bound, device=args.device_timeout, multipath_map=args.device_timeout,
                               detach=args.detach_timeout)
@@ -154,7 +155,8 @@ def build_services(args: argparse.Namespace) -> Services:
         checks.append(target.ready)
         controller = ControllerServicer(target, tuple(args.serve_zone) or (DEFAULT_ZONE,))
     if args.mode in ("node", "all"):
-        node = NodeServicer(_node_identity(args), _node_volumes(args, runner))
+        identity = _node_identity(args)
+        node = NodeServicer(identity, _node_volumes(args, runner, identity))
         checks.append(lambda: node_ready(runner))
 
     def readiness() -> tuple[bool, str]:

@@ -23,7 +23,6 @@ EXIT_NO_OBJS_FOUND = 21  # no session / no record: fine on cleanup
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class SessionSettings:
     """Per-record initiator settings; every timeout is configurable, none hardcoded."""
@@ -33,6 +32,10 @@ class SessionSettings:
     replacement_timeout: int = 10
     noop_out_interval: int = 5
     noop_out_timeout: int = 5
+    # The IQN the node reported (NodeId) and the ACL was made for. Written into each record, so the
+    # login presents it whatever name the iscsid in use was started with: an initiator name file
+    # changed without restarting iscsid, or one iscsid serving several nodes' containers (kind).
+    initiator_name: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     def node_settings(self) -> dict[str, str]:
@@ -45,6 +48,8 @@ class SessionSettings:
             "node.conn[0].timeo.noop_out_interval": str(self.noop_out_interval),
             "node.conn[0].timeo.noop_out_timeout": str(self.noop_out_timeout),
         }
+        if self.initiator_name:
+            settings["iface.initiatorname"] = self.initiator_name
         settings.update(self.extra)
         return settings
 

@@ -69,9 +69,10 @@ def test_helm_refuses_wrong_values(path: Path) -> None:
     assert out.returncode != 0 and "values don't meet the specifications of the schema" in out.stderr, out.stderr
 
 
-def test_kind_values_run_iscsid_in_the_node_pod() -> None:
+def test_kind_values_bridge_to_the_machines_iscsid() -> None:
     ds = next(d for d in render(E2E / "values-kind.yaml") if d["kind"] == "DaemonSet")
     pod = ds["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["initContainers"]] == ["iscsi-config"]
-    assert "iscsid" in [c["name"] for c in pod["containers"]]
-    assert "hostPID" not in pod and pod["shareProcessNamespace"] is True
+    bridge = next(c for c in pod["containers"] if c["name"] == "iscsid-bridge")
+    assert bridge["command"][-1] == "UNIX-CONNECT:/run/csi-iscsi-e2e/iscsid.sock"
+    assert "hostPID" not in pod

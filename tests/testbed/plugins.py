@@ -50,11 +50,12 @@ def controller_args(state: Path, pools: list[str], saveconfig: Path | None = Non
 
 
 @contextmanager
-def running(args: list[str], sock: Path, log: Path | None = None) -> Iterator[Plugin]:
-    """One plugin process serving on sock; stopped with SIGTERM (and checked to stop cleanly)."""
+def running(args: list[str], sock: Path, log: Path | None = None, prefix: tuple[str, ...] = ()) -> Iterator[Plugin]:
+    """One plugin process serving on sock; stopped with SIGTERM (and checked to stop cleanly).
+    prefix runs it through another command, e.g. ("ip", "netns", "exec", NAME)."""
     out = open(log, "ab") if log else None  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "csi_iscsi", args[0], "--endpoint", f"unix://{sock}", *args[1:]],
-                            stdout=out, stderr=out)
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "csi_iscsi", args[0], "--endpoint", f"unix://{sock}",
+                             *args[1:]], stdout=out, stderr=out)
     channel = grpc.insecure_channel(f"unix:{sock}")
     plugin: Plugin | None = None
     try:

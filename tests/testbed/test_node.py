@@ -306,6 +306,31 @@ def test_expansion_reaches_the_filesystem(cluster: Cluster, thin_vg: str, tmp_pa
             cluster.controller = original
 
 
+def test_login_presents_the_iqn_the_acl_was_made_for(cluster: Cluster, tmp_path: Path) -> None:
+    """The node's IQN (--initiator-iqn here; a changed initiatorname file without an iscsid restart,
+    or one iscsid shared by several kind nodes, in the field) differs from the name iscsid started
+    with. The record carries the IQN the ACL was made for, so the login is accepted."""
+    other = "iqn.2026-11.io.csi-iscsi:testbed-other-name"
+    assert other not in Path("/etc/iscsi/initiatorname.iscsi").read_text()
+    args = [*NODE_ARGS, "--initiator-iqn", other, "--state-dir", str(cluster.state)]
+    with running(args, tmp_path / "n2.sock", tmp_path / "node2.log") as node2:
+        original = (cluster.node, cluster.node_id)
+        cluster.node, cluster.node_id = node2, str(NodeId("testbed", other))
+        try:
+            volume = cluster.create("pvc-iqn")
+            staging, target = cluster.attach(volume)
+            iqn = contract.target_iqn(volume.volume_id)
+            names = {(Path(s) / "initiatorname").read_text().strip()
+                     for s in Path("/sys/class/iscsi_session").glob("session*")
+                     if (Path(s) / "targetname").read_text().strip() == iqn}
+            assert names == {other}
+            cluster.detach(volume)
+            cluster.delete(volume)
+            assert leftovers(volume.volume_id, [staging, target]) == []
+        finally:
+            cluster.node, cluster.node_id = original
+
+
 def test_twenty_volumes_staged_at_once(cluster: Cluster) -> None:
     volumes = [cluster.create(f"pvc-many-{i}", 16 * MiB) for i in range(20)]
     errors: list[BaseException] = []

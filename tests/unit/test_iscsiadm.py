@@ -25,6 +25,15 @@ def test_create_node_makes_one_record_with_manual_startup_and_scan() -> None:
     assert not any("discovery" in " ".join(c) for c in runner.calls)
 
 
+def test_the_record_presents_the_initiator_name_the_acl_was_made_for() -> None:
+    runner = FakeRunner()
+    Iscsiadm(runner).create_node(IQN, PORTAL, SessionSettings(initiator_name="iqn.2026-11.test:node-a"))
+    update = runner.calls[1]
+    updates = {update[i + 1]: update[i + 3] for i in range(update.index("update") + 1, len(update), 4)}
+    assert updates["iface.initiatorname"] == "iqn.2026-11.test:node-a"
+    assert "iface.initiatorname" not in SessionSettings().node_settings()
+
+
 def test_chap_values_are_declared_secret_to_the_runner() -> None:
     runner = FakeRunner()
     Iscsiadm(runner).create_node(IQN, PORTAL, SessionSettings(), Chap("u", "pw-1", "tu", "pw-2"))
