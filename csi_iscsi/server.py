@@ -101,5 +101,9 @@ class CsiServer:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         self.start()
-        done.wait()
+        # Python runs signal handlers in the main thread only. When the kernel hands SIGTERM to one of
+        # gRPC's threads (once calls have been served), an untimed wait here would never wake to run
+        # the handler, and the plugin would be killed instead of stopping (seen with podman stop).
+        while not done.wait(timeout=0.5):
+            pass
         self.stop(grace)

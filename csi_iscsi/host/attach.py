@@ -59,7 +59,7 @@ class Attacher:
 
         def login(portal: str) -> None:
             try:
-                self._iscsiadm.login(target_iqn, portal, timeout=self._timeouts.login)
+                self._iscsiadm.login(target_iqn, portal, timeout=self._timeouts.login, iface=self._settings.iface)
             except CsiIscsiError as exc:
                 failed[portal] = str(exc)
 

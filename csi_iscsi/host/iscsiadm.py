@@ -7,7 +7,9 @@ granted, and node.startup=manual keeps a reboot from logging in behind the drive
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -32,9 +34,9 @@ class SessionSettings:
     replacement_timeout: int = 10
     noop_out_interval: int = 5
     noop_out_timeout: int = 5
-    # The IQN the node reported (NodeId) and the ACL was made for. Written into each record, so the
-    # login presents it whatever name the iscsid in use was started with: an initiator name file
-    # changed without restarting iscsid, or one iscsid serving several nodes' containers (kind).
+    # The IQN the node reported (NodeId) and the ACL was made for. The records are bound to an iface
+    # that carries it, so the login presents it whatever name the iscsid in use was started with: an
+    # initiator name file changed without restarting iscsid, or one iscsid serving several kind nodes.
     initiator_name: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -48,10 +50,15 @@ class SessionSettings:
             "node.conn[0].timeo.noop_out_interval": str(self.noop_out_interval),
             "node.conn[0].timeo.noop_out_timeout": str(self.noop_out_timeout),
         }
-        if self.initiator_name:
-            settings["iface.initiatorname"] = self.initiator_name
         settings.update(self.extra)
         return settings
+
+    @property
+    def iface(self) -> str:
+        """The iface record named after the initiator name ('' when the host's default applies)."""
+        if not self.initiator_name:
+            return ""
+        return "csi-" + hashlib.sha256(self.initiator_name.encode()).hexdigest()[:16]
 
 
 class Iscsiadm:
@@ -59,6 +66,8 @@ class Iscsiadm:
         self._runner = runner
         self._db_retries = db_retries
         self._db_retry_delay = db_retry_delay
+        self._ifaces_made: set[str] = set()
+        self._iface_lock = threading.Lock()
 
     def _run(self, args: list[str], *, ok_codes: tuple[int, ...] = (0,), secrets: tuple[str, ...] = (),
              timeout: float | None = None) -> int:
@@ -72,12 +81,29 @@ class Iscsiadm:
                 time.sleep(self._db_retry_delay)
         raise AssertionError("unreachable")
 
-    def _node(self, iqn: str, portal: str) -> list[str]:
-        return ["-m", "node", "-T", iqn, "-p", portal]
+    def _node(self, iqn: str, portal: str, iface: str = "") -> list[str]:
+        return ["-m", "node", "-T", iqn, "-p", portal, *(["-I", iface] if iface else [])]
+
+    def ensure_iface(self, settings: SessionSettings) -> None:
+        """The iface record that makes logins present settings.initiator_name (node records cannot
+        carry iface.initiatorname themselves: iscsiadm refuses to update it in node mode)."""
+        iface = settings.iface
+        with self._iface_lock:
+            if not iface or iface in self._ifaces_made:
+                return
+            # Listed rather than shown: showing a missing iface is a generic database error (exit 6).
+            listing = self._runner.run([ISCSIADM, "-m", "iface"], ok_codes=(0, EXIT_NO_OBJS_FOUND), timeout=30)
+            if iface not in {line.split()[0] for line in listing.stdout.splitlines() if line.strip()}:
+                self._run(["-m", "iface", "-I", iface, "-o", "new"])
+            for name, value in (("iface.transport_name", "tcp"), ("iface.initiatorname", settings.initiator_name)):
+                self._run(["-m", "iface", "-I", iface, "-o", "update", "-n", name, "-v", value])
+            self._ifaces_made.add(iface)
 
     def create_node(self, iqn: str, portal: str, settings: SessionSettings, chap: Chap | None = None) -> None:
         """Create (or refresh) the record of one target portal with the given settings."""
-        self._run([*self._node(iqn, portal), "-o", "new"])
+        self.ensure_iface(settings)
+        node = self._node(iqn, portal, settings.iface)
+        self._run([*node, "-o", "new"])
         values = settings.node_settings()
         secrets: tuple[str, ...] = ()
         if chap is None:
@@ -94,14 +120,14 @@ class Iscsiadm:
         pairs = [arg for name, value in values.items() for arg in ("-n", name, "-v", value)]
         try:
             # open-iscsi 2.1 applies every -n/-v pair of one update: one process instead of one per setting.
-            self._run([*self._node(iqn, portal), "-o", "update", *pairs], secrets=secrets)
+            self._run([*node, "-o", "update", *pairs], secrets=secrets)
         except CommandFailed as exc:
             log.info("iscsiadm took only one setting per update (exit %d); setting them one by one", exc.returncode)
             for name, value in values.items():
-                self._run([*self._node(iqn, portal), "-o", "update", "-n", name, "-v", value], secrets=secrets)
+                self._run([*node, "-o", "update", "-n", name, "-v", value], secrets=secrets)
 
-    def login(self, iqn: str, portal: str, timeout: float) -> None:
-        self._run([*self._node(iqn, portal), "--login"], ok_codes=(0, EXIT_SESSION_EXISTS), timeout=timeout)
+    def login(self, iqn: str, portal: str, timeout: float, iface: str = "") -> None:
+        self._run([*self._node(iqn, portal, iface), "--login"], ok_codes=(0, EXIT_SESSION_EXISTS), timeout=timeout)
 
     def logout_target(self, iqn: str, timeout: float) -> None:
         """Log out of every session of one target (one volume's, since each volume has its own)."""

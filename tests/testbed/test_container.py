@@ -90,7 +90,7 @@ def container(name: str, run_args: list[str], sock: Path) -> Iterator[ContainerP
             logs = podman("logs", name, check=False)
             Path(f"/var/tmp/{name}.log").write_text(logs.stdout + logs.stderr)
             podman("rm", "--force", name, check=False)
-            assert rc == "0", f"container {name} exited with {rc} on SIGTERM"
+            assert rc == "0", f"container {name} exited with {rc} on SIGTERM; log ends: {logs.stderr[-3000:]}"
 
 
 def controller_run_args(image: str, pools: list[str], mounts: list[Path], saveconfig: Path) -> list[str]:

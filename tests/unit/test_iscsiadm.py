@@ -25,13 +25,24 @@ def test_create_node_makes_one_record_with_manual_startup_and_scan() -> None:
     assert not any("discovery" in " ".join(c) for c in runner.calls)
 
 
-def test_the_record_presents_the_initiator_name_the_acl_was_made_for() -> None:
+def test_records_are_bound_to_an_iface_presenting_the_nodes_iqn() -> None:
     runner = FakeRunner()
-    Iscsiadm(runner).create_node(IQN, PORTAL, SessionSettings(initiator_name="iqn.2026-11.test:node-a"))
-    update = runner.calls[1]
-    updates = {update[i + 1]: update[i + 3] for i in range(update.index("update") + 1, len(update), 4)}
-    assert updates["iface.initiatorname"] == "iqn.2026-11.test:node-a"
-    assert "iface.initiatorname" not in SessionSettings().node_settings()
+    runner.on(["iscsiadm", "-m", "iface"], stdout="default tcp,<empty>,<empty>,<empty>,<empty>\n", times=1)
+    iscsiadm = Iscsiadm(runner)
+    settings = SessionSettings(initiator_name="iqn.2026-11.test:node-a")
+    iface = settings.iface
+    assert iface.startswith("csi-") and iface == SessionSettings(initiator_name="iqn.2026-11.test:node-a").iface
+    iscsiadm.create_node(IQN, PORTAL, settings)
+    iscsiadm.create_node(IQN, "127.0.0.12:3260", settings)
+    iscsiadm.login(IQN, PORTAL, timeout=5, iface=iface)
+    calls = [" ".join(c) for c in runner.calls]
+    assert calls[:4] == ["iscsiadm -m iface", f"iscsiadm -m iface -I {iface} -o new",
+                         f"iscsiadm -m iface -I {iface} -o update -n iface.transport_name -v tcp",
+                         f"iscsiadm -m iface -I {iface} -o update -n iface.initiatorname -v iqn.2026-11.test:node-a"]
+    assert sum("-m iface" in c for c in calls) == 4, "the iface is made once per process"
+    assert f"iscsiadm -m node -T {IQN} -p {PORTAL} -I {iface} -o new" in calls
+    assert calls[-1] == f"iscsiadm -m node -T {IQN} -p {PORTAL} -I {iface} --login"
+    assert SessionSettings().iface == ""
 
 
 def test_chap_values_are_declared_secret_to_the_runner() -> None:

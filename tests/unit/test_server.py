@@ -138,3 +138,31 @@ def test_stale_socket_is_replaced_and_tcp_works(tmp_path: Path) -> None:
 def test_bad_endpoints(endpoint: str) -> None:
     with pytest.raises(Exception, match="endpoint"):
         grpc_address(endpoint)
+
+
+SIGTERM_TO_A_WORKER_THREAD = """
+import signal, sys, threading, time
+from csi_iscsi.server import CsiServer, Services
+from csi_iscsi.servicers.identity import IdentityServicer
+
+srv = CsiServer(Services(identity=IdentityServicer(lambda: (True, ""))), sys.argv[1])
+
+def another_thread_gets_it():
+    time.sleep(1.0)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+threading.Thread(target=another_thread_gets_it).start()
+srv.serve_until_signal(5)
+print("stopped cleanly")
+"""
+
+
+def test_sigterm_taken_by_another_thread_still_stops_the_server(tmp_path: Path) -> None:
+    """The kernel may hand a process-directed SIGTERM to any thread (gRPC's, once calls ran);
+    found with podman stop, where the plugin waited forever and was killed."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_TO_A_WORKER_THREAD, f"unix://{tmp_path}/t.sock"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and "stopped cleanly" in proc.stdout, proc.stderr
