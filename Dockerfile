@@ -19,7 +19,7 @@ RUN --mount=type=secret,id=pip-ca \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
     && python3 -m venv --system-site-packages /opt/venv \
     && /opt/venv/bin/pip install /src \
-    && /opt/venv/bin/pip uninstall -y pip \
+    && /opt/venv/bin/pip uninstall -y setuptools pip \
     && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
 FROM ${BASE_IMAGE}
