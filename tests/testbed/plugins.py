@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 
+from csi_iscsi import contract
 from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
 
 PORTALS = ["127.0.0.11:3260", "127.0.0.12:3260"]
@@ -19,11 +20,10 @@ MiB = 1024 * 1024
 
 
 @dataclass
-class Plugin:
-    sock: Path
-    proc: subprocess.Popen[bytes]
+class Stubs:
+    """A plugin reached over a gRPC channel, however it was started (process or container)."""
+
     channel: grpc.Channel
-    killed_by_test: bool = False
 
     @property
     def identity(self) -> csi_pb2_grpc.IdentityStub:
@@ -36,6 +36,13 @@ class Plugin:
     @property
     def node(self) -> csi_pb2_grpc.NodeStub:
         return csi_pb2_grpc.NodeStub(self.channel)
+
+
+@dataclass
+class Plugin(Stubs):
+    sock: Path
+    proc: subprocess.Popen[bytes]
+    killed_by_test: bool = False
 
 
 def controller_args(state: Path, pools: list[str], saveconfig: Path | None = None) -> list[str]:
@@ -63,7 +70,7 @@ def running(args: list[str], sock: Path, log: Path | None = None, prefix: tuple[
             grpc.channel_ready_future(channel).result(timeout=60)
         except grpc.FutureTimeoutError:
             raise RuntimeError(f"plugin {args[0]} did not start (exit {proc.poll()})") from None
-        plugin = Plugin(sock, proc, channel)
+        plugin = Plugin(channel, sock, proc)
         yield plugin
     finally:
         channel.close()
@@ -74,6 +81,13 @@ def running(args: list[str], sock: Path, log: Path | None = None, prefix: tuple[
             out.close()
         if plugin is None or not plugin.killed_by_test:
             assert rc == 0, f"plugin {args[0]} exited with {rc} on SIGTERM"
+
+
+def session_initiators(volume_id: str) -> set[str]:
+    """The initiator name each live session of this volume's target presented (from sysfs)."""
+    iqn = contract.target_iqn(volume_id)
+    return {(s / "initiatorname").read_text().strip() for s in Path("/sys/class/iscsi_session").glob("session*")
+            if (s / "targetname").read_text().strip() == iqn}
 
 
 def mount_cap(mode: int = csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_WRITER,

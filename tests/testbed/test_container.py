@@ -20,10 +20,10 @@ import pytest
 
 from csi_iscsi import __version__
 from csi_iscsi.contract import NodeId
-from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
+from csi_iscsi.csi import csi_pb2
 
 from .conftest import leftovers
-from .plugins import PORTALS, MiB
+from .plugins import PORTALS, MiB, Stubs
 from .test_node import Cluster, drop_caches, sha
 
 IMAGE = f"localhost/csi-iscsi:{__version__}"
@@ -34,21 +34,8 @@ SOCKETS = Path("/run/csi-container-test")
 
 
 @dataclass
-class ContainerPlugin:
+class ContainerPlugin(Stubs):
     name: str
-    channel: grpc.Channel
-
-    @property
-    def identity(self) -> csi_pb2_grpc.IdentityStub:
-        return csi_pb2_grpc.IdentityStub(self.channel)
-
-    @property
-    def controller(self) -> csi_pb2_grpc.ControllerStub:
-        return csi_pb2_grpc.ControllerStub(self.channel)
-
-    @property
-    def node(self) -> csi_pb2_grpc.NodeStub:
-        return csi_pb2_grpc.NodeStub(self.channel)
 
 
 def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -80,7 +67,7 @@ def container(name: str, run_args: list[str], sock: Path) -> Iterator[ContainerP
         except grpc.FutureTimeoutError:
             logs = podman("logs", name, check=False)
             raise RuntimeError(f"container {name} did not serve on {sock}: {logs.stdout}{logs.stderr}") from None
-        yield ContainerPlugin(name, channel)
+        yield ContainerPlugin(channel, name)
     finally:
         channel.close()
         # A test may remove the container on purpose (a rollout); otherwise it must stop cleanly.
@@ -129,7 +116,7 @@ def plugin_containers(image: str, pools: list[str], mounts: list[Path], saveconf
         controller = stack.enter_context(container(
             "csi-controller", controller_run_args(image, pools, mounts, saveconfig), SOCKETS / "controller.sock"))
         node = stack.enter_context(container("csi-node", node_run_args(image), SOCKETS / "node.sock"))
-        yield Cluster(controller, node, str(NodeId("testbed", initiator_iqn)), ROOT,  # type: ignore[arg-type]
+        yield Cluster(controller, node, str(NodeId("testbed", initiator_iqn)), ROOT,
                       SOCKETS / "node.sock", Path("/var/tmp/csi-node.log"), STATE)
     subprocess.run(["rm", "-rf", str(ROOT), str(STATE), *map(str, mounts)], check=False)
 
@@ -169,7 +156,7 @@ def test_node_container_replaced_while_staged_still_unstages(containers: Cluster
     staging, target = containers.attach(volume)
     podman("rm", "--force", "csi-node")
     with container("csi-node", node_run_args(image), SOCKETS / "node.sock") as node:
-        containers.detach(volume, node=node)  # type: ignore[arg-type]
+        containers.detach(volume, node=node)
     assert leftovers(volume.volume_id, [staging, target]) == []
     containers.delete(volume)
 

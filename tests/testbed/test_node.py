@@ -22,7 +22,7 @@ from csi_iscsi.contract import NodeId
 from csi_iscsi.csi import csi_pb2
 
 from .conftest import leftovers
-from .plugins import PORTALS, MiB, Plugin, block_cap, controller_args, mount_cap, running
+from .plugins import PORTALS, MiB, Plugin, Stubs, block_cap, controller_args, mount_cap, running, session_initiators
 
 NODE_ARGS = ["node", "--node-name", "testbed", "--replacement-timeout", "5", "--noop-interval", "2",
              "--noop-timeout", "2", "--login-timeout", "5"]
@@ -30,8 +30,8 @@ NODE_ARGS = ["node", "--node-name", "testbed", "--replacement-timeout", "5", "--
 
 @dataclass
 class Cluster:
-    controller: Plugin
-    node: Plugin
+    controller: Stubs
+    node: Stubs
     node_id: str
     root: Path
     node_sock: Path
@@ -61,7 +61,7 @@ class Cluster:
             publish_context=pctx, volume_context=volume.volume_context), timeout=60)
         return staging, target
 
-    def detach(self, volume: csi_pb2.Volume, node: Plugin | None = None) -> None:
+    def detach(self, volume: csi_pb2.Volume, node: Stubs | None = None) -> None:
         vid = volume.volume_id
         node = node or self.node
         node.node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(
@@ -180,9 +180,11 @@ def test_block_volumes_are_never_formatted(cluster: Cluster) -> None:
 def test_a_restarted_node_plugin_can_still_unstage(cluster: Cluster, tmp_path: Path) -> None:
     volume = cluster.create("pvc-restart")
     staging, target = cluster.attach(volume)
-    cluster.node.killed_by_test = True
-    cluster.node.proc.send_signal(signal.SIGKILL)  # no chance to clean up
-    cluster.node.proc.wait()
+    node = cluster.node
+    assert isinstance(node, Plugin)  # a process of ours, so it can be killed
+    node.killed_by_test = True
+    node.proc.send_signal(signal.SIGKILL)  # no chance to clean up
+    node.proc.wait()
     sock2 = tmp_path / "n2.sock"
     with running([*NODE_ARGS, "--state-dir", str(cluster.state)], sock2, tmp_path / "node2.log") as node2:
         cluster.detach(volume, node2)
@@ -319,11 +321,7 @@ def test_login_presents_the_iqn_the_acl_was_made_for(cluster: Cluster, tmp_path:
         try:
             volume = cluster.create("pvc-iqn")
             staging, target = cluster.attach(volume)
-            iqn = contract.target_iqn(volume.volume_id)
-            names = {(Path(s) / "initiatorname").read_text().strip()
-                     for s in Path("/sys/class/iscsi_session").glob("session*")
-                     if (Path(s) / "targetname").read_text().strip() == iqn}
-            assert names == {other}
+            assert session_initiators(volume.volume_id) == {other}
             cluster.detach(volume)
             cluster.delete(volume)
             assert leftovers(volume.volume_id, [staging, target]) == []

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from csi_iscsi import contract
 from csi_iscsi.contract import NodeId
 from csi_iscsi.csi import csi_pb2
 
 from .conftest import leftovers
-from .plugins import running
+from .plugins import running, session_initiators
 from .test_node import NODE_ARGS, Cluster, controller_args
 
 BRIDGE_DIR = Path("/run/csi-iscsid-bridge")
@@ -68,12 +67,6 @@ def shared_iscsid() -> Iterator[list[str]]:
         subprocess.run(["systemctl", "start", "multipathd.socket", "multipathd.service"], check=False)
 
 
-def _session_initiators(volume_id: str) -> set[str]:
-    iqn = contract.target_iqn(volume_id)
-    return {(s / "initiatorname").read_text().strip() for s in Path("/sys/class/iscsi_session").glob("session*")
-            if (s / "targetname").read_text().strip() == iqn}
-
-
 def test_two_nodes_stage_through_one_shared_iscsid(shared_iscsid: list[str], tmp_path: Path) -> None:
     root = Path("/var/tmp/csi-shared-iscsid")
     pool = root / "pool"
@@ -98,7 +91,7 @@ def test_two_nodes_stage_through_one_shared_iscsid(shared_iscsid: list[str], tmp
         for cluster, volume, iqn in zip(clusters, volumes, NODES.values(), strict=True):
             _, target = cluster.attach(volume)
             (Path(target) / "owner").write_text(iqn)
-            assert _session_initiators(volume.volume_id) == {iqn}
+            assert session_initiators(volume.volume_id) == {iqn}
             targets.append(target)
         for cluster, volume, target, iqn in zip(clusters, volumes, targets, NODES.values(), strict=True):
             assert (Path(target) / "owner").read_text() == iqn
