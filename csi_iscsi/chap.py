@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from csi_iscsi.base.errors import InvalidArgument
 from csi_iscsi.contract import AUTH_MODES, SecretKeys
-from csi_iscsi.errors import InvalidArgument
 
 # Written to configfs and to iscsiadm as single tokens: printable ASCII, no whitespace.
 _VALUE = re.compile(r"^[\x21-\x7e]{1,255}$")

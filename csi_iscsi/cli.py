@@ -14,8 +14,9 @@ from pathlib import Path
 from prometheus_client import start_http_server
 
 from csi_iscsi import __version__
+from csi_iscsi.base.errors import CsiIscsiError
+from csi_iscsi.base.runner import SubprocessRunner
 from csi_iscsi.contract import DEFAULT_TARGET_IQN_PREFIX, DEFAULT_ZONE, NODE_NAME_RE, NodeId, is_portal
-from csi_iscsi.errors import CsiIscsiError
 from csi_iscsi.host.attach import Attacher, AttachTimeouts
 from csi_iscsi.host.filesystem import Filesystems
 from csi_iscsi.host.initiator import DEFAULT_FILE, read_initiator_name
@@ -23,17 +24,16 @@ from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
 from csi_iscsi.host.mounts import MountTable
 from csi_iscsi.host.multipath import Multipath
 from csi_iscsi.host.node_volumes import NodeVolumes
-from csi_iscsi.host.runner import SubprocessRunner
+from csi_iscsi.host.readiness import node_ready
 from csi_iscsi.host.scsi import Scsi
 from csi_iscsi.host.stage_state import StageStateStore
-from csi_iscsi.readiness import node_ready
+from csi_iscsi.lio.pools import Pool, parse_pool_spec
+from csi_iscsi.lio.saveconfig import DEBIAN_SAVE_FILE, SavedConfig
+from csi_iscsi.lio.service import LioTargetService
 from csi_iscsi.server import CsiServer, Services
 from csi_iscsi.servicers.controller import ControllerServicer
 from csi_iscsi.servicers.identity import IdentityServicer
 from csi_iscsi.servicers.node import NodeIdentity, NodeServicer
-from csi_iscsi.target.pools import Pool, parse_pool_spec
-from csi_iscsi.target.saveconfig import DEBIAN_SAVE_FILE, SavedConfig
-from csi_iscsi.target.service import LioTargetService
 
 log = logging.getLogger("csi_iscsi")
 

@@ -24,8 +24,8 @@ from typing import TypeVar
 
 import grpc
 
+from csi_iscsi.base.runner import SubprocessRunner
 from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
-from csi_iscsi.host.runner import SubprocessRunner
 
 T = TypeVar("T")
 MiB = 1024 * 1024

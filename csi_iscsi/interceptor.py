@@ -11,8 +11,8 @@ from typing import Any
 import grpc
 from prometheus_client import Histogram
 
-from csi_iscsi.errors import status_for
-from csi_iscsi.redact import message_for_log
+from csi_iscsi.base.errors import status_for
+from csi_iscsi.masking import message_for_log
 
 log = logging.getLogger("csi_iscsi.rpc")
 

@@ -8,7 +8,7 @@ import signal
 import stat
 import threading
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from csi_iscsi.base.errors import InvalidArgument
 from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
-from csi_iscsi.errors import InvalidArgument
 from csi_iscsi.interceptor import CsiInterceptor
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ class Services:
     identity: csi_pb2_grpc.IdentityServicer
     controller: csi_pb2_grpc.ControllerServicer | None = None
     node: csi_pb2_grpc.NodeServicer | None = None
-    extra_names: list[str] = field(default_factory=list)
 
 
 class CsiServer:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from csi_iscsi.base.errors import InvalidArgument
 from csi_iscsi.csi import csi_pb2
-from csi_iscsi.errors import InvalidArgument
-from csi_iscsi.host.filesystem import check_fstype, check_mount_flags
+
+SUPPORTED_FSTYPES = ("ext4", "xfs")
+DEFAULT_FSTYPE = "ext4"
+# Mount flags a volume may ask for; anything else is refused before a command runs.
+ALLOWED_MOUNT_FLAGS = frozenset({
+    "ro", "rw", "noatime", "relatime", "nodiratime", "nodev", "nosuid", "noexec", "sync", "dirsync",
+    "discard", "nodiscard", "nobarrier", "lazytime", "data=ordered", "data=journal", "data=writeback",
+})
 
 Mode = csi_pb2.VolumeCapability.AccessMode
 SINGLE_NODE_MODES = frozenset({
@@ -26,6 +33,20 @@ class Requested:
     modes: tuple[str, ...]
     fs_type: str
     mount_flags: tuple[str, ...]
+
+
+def check_fstype(fstype: str) -> str:
+    fstype = fstype or DEFAULT_FSTYPE
+    if fstype not in SUPPORTED_FSTYPES:
+        raise InvalidArgument(f"filesystem type {fstype!r} is not supported; use one of {sorted(SUPPORTED_FSTYPES)}")
+    return fstype
+
+
+def check_mount_flags(flags: Sequence[str]) -> list[str]:
+    bad = [f for f in flags if f not in ALLOWED_MOUNT_FLAGS]
+    if bad:
+        raise InvalidArgument(f"mount flags {bad} are not allowed; allowed: {sorted(ALLOWED_MOUNT_FLAGS)}")
+    return list(flags)
 
 
 def mode_name(mode: int) -> str:

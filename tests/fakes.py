@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
-from csi_iscsi.host.runner import CommandFailed, Result
+from csi_iscsi.base.runner import CommandFailed, Result
 
 Responder = Callable[[tuple[str, ...]], tuple[int, str] | None]
 
@@ -51,7 +51,7 @@ class FakeRunner:
 
 
 class FakeLio:
-    """In-memory stand-in for csi_iscsi.target.lio.Lio (the rtslib seam)."""
+    """In-memory stand-in for csi_iscsi.lio.objects.Lio (the rtslib seam)."""
 
     def __init__(self) -> None:
         self.storage_objects: dict[str, dict[str, object]] = {}

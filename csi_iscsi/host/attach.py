@@ -14,8 +14,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from csi_iscsi.base.errors import CsiIscsiError, DeadlineExceeded, FailedPrecondition, Unavailable
 from csi_iscsi.chap import Chap
-from csi_iscsi.errors import CsiIscsiError, DeadlineExceeded, FailedPrecondition, Unavailable
 from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
 from csi_iscsi.host.multipath import Multipath
 from csi_iscsi.host.scsi import Scsi

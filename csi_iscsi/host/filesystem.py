@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from csi_iscsi.errors import FailedPrecondition, InvalidArgument
+from csi_iscsi.base.errors import FailedPrecondition
+from csi_iscsi.base.runner import Runner
 from csi_iscsi.host.mounts import Mount, MountTable
-from csi_iscsi.host.runner import Runner
+from csi_iscsi.volume_capabilities import SUPPORTED_FSTYPES, check_fstype
 
 BLKID_NOTHING_FOUND = 2
 
@@ -14,26 +15,7 @@ MKFS: dict[str, tuple[str, ...]] = {
     "ext4": ("mkfs.ext4", "-q"),
     "xfs": ("mkfs.xfs", "-q"),
 }
-DEFAULT_FSTYPE = "ext4"
-# Mount flags a volume may ask for; anything else is refused before a command runs.
-ALLOWED_MOUNT_FLAGS = frozenset({
-    "ro", "rw", "noatime", "relatime", "nodiratime", "nodev", "nosuid", "noexec", "sync", "dirsync",
-    "discard", "nodiscard", "nobarrier", "lazytime", "data=ordered", "data=journal", "data=writeback",
-})
-
-
-def check_fstype(fstype: str) -> str:
-    fstype = fstype or DEFAULT_FSTYPE
-    if fstype not in MKFS:
-        raise InvalidArgument(f"filesystem type {fstype!r} is not supported; use one of {sorted(MKFS)}")
-    return fstype
-
-
-def check_mount_flags(flags: Sequence[str]) -> list[str]:
-    bad = [f for f in flags if f not in ALLOWED_MOUNT_FLAGS]
-    if bad:
-        raise InvalidArgument(f"mount flags {bad} are not allowed; allowed: {sorted(ALLOWED_MOUNT_FLAGS)}")
-    return list(flags)
+assert set(MKFS) == set(SUPPORTED_FSTYPES)
 
 
 class Filesystems:
@@ -48,14 +30,6 @@ class Filesystems:
             return None
         values = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
         return values.get("TYPE") or values.get("PTTYPE") or values.get("USAGE") or "unknown"
-
-    def make(self, device: str, fstype: str) -> None:
-        """mkfs, refusing any device that holds a signature of any kind (no data is ever lost)."""
-        fstype = check_fstype(fstype)
-        found = self.signature(device)
-        if found is not None:
-            raise FailedPrecondition(f"{device} already holds {found!r}; refusing to format it")
-        self._runner.run([*MKFS[fstype], device], timeout=600)
 
     def ensure(self, device: str, fstype: str) -> str:
         """The filesystem on device, made if the device is blank; a different one is an error."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from csi_iscsi.base.errors import FailedPrecondition
 from csi_iscsi.contract import is_iqn
-from csi_iscsi.errors import FailedPrecondition
 
 DEFAULT_FILE = Path("/etc/iscsi/initiatorname.iscsi")
 

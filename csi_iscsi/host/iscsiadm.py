@@ -13,8 +13,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from csi_iscsi.base.runner import CommandFailed, Runner
 from csi_iscsi.chap import Chap
-from csi_iscsi.host.runner import CommandFailed, Runner
 
 ISCSIADM = "iscsiadm"
 # iscsiadm exit codes (open-iscsi's iscsi_err.h) the driver treats specially.

@@ -7,8 +7,8 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 
-from csi_iscsi.errors import DeadlineExceeded
-from csi_iscsi.host.runner import CommandFailed, Runner
+from csi_iscsi.base.errors import DeadlineExceeded
+from csi_iscsi.base.runner import CommandFailed, Runner
 
 MULTIPATH = "multipath"
 MULTIPATHD = "multipathd"

@@ -7,41 +7,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from csi_iscsi import contract
+from csi_iscsi.base.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from csi_iscsi.base.runner import CommandFailed, Runner
 from csi_iscsi.chap import Chap
-from csi_iscsi.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from csi_iscsi.host.api import TargetInfo, VolumeStats
 from csi_iscsi.host.attach import Attacher, Attachment
 from csi_iscsi.host.filesystem import Filesystems
 from csi_iscsi.host.iscsiadm import Iscsiadm
 from csi_iscsi.host.multipath import Multipath
-from csi_iscsi.host.runner import CommandFailed, Runner
 from csi_iscsi.host.scsi import Scsi
 from csi_iscsi.host.stage_state import STAGED, StageState, StageStateStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TargetInfo:
-    iqn: str
-    portals: list[str]
-    lun: int
-    wwid: str
-
-
-@dataclass(frozen=True)
-class VolumeStats:
-    total_bytes: int
-    used_bytes: int
-    available_bytes: int
-    total_inodes: int
-    used_inodes: int
-    available_inodes: int
-    abnormal: bool
-    message: str
 
 
 class NodeVolumes:

@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from csi_iscsi.atomic import remove_durably, write_json_atomic
+from csi_iscsi.base.atomic import remove_durably, write_json_atomic
 from csi_iscsi.contract import is_volume_id
 
 ATTACHING, STAGED = "attaching", "staged"

@@ -1,11 +1,21 @@
 """The CSI Controller service: request checks, idempotency rules and status codes; the volumes
-themselves are the target backend's (csi_iscsi.target.api.TargetBackend)."""
+themselves are the target backend's (csi_iscsi.lio.api.TargetBackend)."""
 
 from __future__ import annotations
 
 import grpc
 
 from csi_iscsi import contract
+from csi_iscsi.base.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+)
+from csi_iscsi.base.locks import VolumeLocks
 from csi_iscsi.chap import chap_from_secrets
 from csi_iscsi.contract import (
     AUTH_MODES,
@@ -17,11 +27,7 @@ from csi_iscsi.contract import (
     VolumeContext,
 )
 from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
-from csi_iscsi.errors import Aborted, AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, OutOfRange
-from csi_iscsi.locks import VolumeLocks
-from csi_iscsi.target.api import TargetBackend, VolumeSpec
-from csi_iscsi.target.pools import SIZE_ALIGN, align
-from csi_iscsi.target.records import VolumeRecord
+from csi_iscsi.lio.api import SIZE_ALIGN, TargetBackend, VolumeRecord, VolumeSpec, align
 from csi_iscsi.volume_capabilities import READONLY_MODES, check_all, check_one, is_single_node
 
 DEFAULT_SIZE = 1024 * 1024 * 1024

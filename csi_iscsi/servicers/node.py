@@ -1,4 +1,5 @@
-"""The CSI Node service: request checks, locks and status codes; the work is NodeVolumes'."""
+"""The CSI Node service: request checks, locks and status codes; the work is the host side's
+(csi_iscsi.host.api.NodeBackend)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from dataclasses import dataclass
 import grpc
 
 from csi_iscsi import contract
+from csi_iscsi.base.errors import InvalidArgument, NotFound
+from csi_iscsi.base.locks import VolumeLocks
 from csi_iscsi.chap import chap_from_secrets
 from csi_iscsi.contract import TOPOLOGY_KEY, NodeId, PublishContext, VolumeContext
 from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
-from csi_iscsi.errors import InvalidArgument, NotFound
-from csi_iscsi.host.node_volumes import NodeVolumes, TargetInfo
-from csi_iscsi.locks import VolumeLocks
+from csi_iscsi.host.api import NodeBackend, TargetInfo
 from csi_iscsi.volume_capabilities import READONLY_MODES, check_one
 
 _WWID = re.compile(r"^3[0-9a-f]{16,40}$")
@@ -77,16 +78,10 @@ def _target(volume_id: str, publish: dict[str, str], volume: dict[str, str]) -> 
 
 
 class NodeServicer(csi_pb2_grpc.NodeServicer):
-    def __init__(self, identity: NodeIdentity, volumes: NodeVolumes | None = None) -> None:
+    def __init__(self, identity: NodeIdentity, volumes: NodeBackend) -> None:
         self._identity = identity
-        self._volumes = volumes
+        self.volumes = volumes
         self._locks = VolumeLocks()
-
-    @property
-    def volumes(self) -> NodeVolumes:
-        if self._volumes is None:
-            raise NotImplementedError
-        return self._volumes
 
     def NodeStageVolume(self, request: csi_pb2.NodeStageVolumeRequest,
                         context: grpc.ServicerContext) -> csi_pb2.NodeStageVolumeResponse:

@@ -12,16 +12,16 @@ from pathlib import Path
 import grpc
 import pytest
 
+from csi_iscsi.base.errors import Unavailable
+from csi_iscsi.base.runner import SubprocessRunner
 from csi_iscsi.chap import Chap
 from csi_iscsi.contract import NodeId
 from csi_iscsi.csi import csi_pb2
-from csi_iscsi.errors import Unavailable
 from csi_iscsi.host.attach import Attacher, AttachTimeouts
 from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
 from csi_iscsi.host.multipath import Multipath
-from csi_iscsi.host.runner import SubprocessRunner
 from csi_iscsi.host.scsi import Scsi
-from csi_iscsi.target.lio import Lio
+from csi_iscsi.lio.objects import Lio
 
 from .plugins import PORTALS, MiB, Plugin, controller_args, mount_cap, running
 

@@ -202,10 +202,12 @@ def test_unstage_without_state_still_cleans_everything(cluster: Cluster) -> None
 
 
 def fio(path: Path, seconds: int, name: str) -> subprocess.Popen[str]:
+    # verify_state_save=0 and cwd=/tmp: fio's verify state files never land in the work tree (/src).
     return subprocess.Popen(
         ["fio", f"--name={name}", f"--filename={path}", "--size=16M", "--bs=16k", "--rw=randwrite",
-         "--verify=crc32c", "--verify_backlog=32", "--direct=1", "--ioengine=psync", f"--runtime={seconds}",
-         "--time_based", "--output-format=terse"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         "--verify=crc32c", "--verify_backlog=32", "--verify_state_save=0", "--direct=1", "--ioengine=psync",
+         f"--runtime={seconds}", "--time_based", "--output-format=terse"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd="/tmp")
 
 
 def paths_of(wwid: str) -> list[tuple[str, str, str]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from csi_iscsi.errors import FailedPrecondition, Unavailable
+from csi_iscsi.base.errors import FailedPrecondition, Unavailable
 from csi_iscsi.host.attach import Attacher, AttachTimeouts
 from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
 from csi_iscsi.host.multipath import Multipath

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from csi_iscsi.base.errors import FailedPrecondition
 from csi_iscsi.cli import main
-from csi_iscsi.errors import FailedPrecondition
 from csi_iscsi.host.initiator import read_initiator_name
 
 

@@ -14,12 +14,12 @@ import pytest
 
 from csi_iscsi import contract
 from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
+from csi_iscsi.lio.pools import FileioPool
+from csi_iscsi.lio.saveconfig import SavedConfig
+from csi_iscsi.lio.service import LioTargetService
 from csi_iscsi.server import CsiServer, Services
 from csi_iscsi.servicers.controller import ControllerServicer
 from csi_iscsi.servicers.identity import IdentityServicer
-from csi_iscsi.target.pools import FileioPool
-from csi_iscsi.target.saveconfig import SavedConfig
-from csi_iscsi.target.service import LioTargetService
 from tests.fakes import FakeLio
 
 MiB = 1024 * 1024

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from csi_iscsi.base.runner import CommandFailed
 from csi_iscsi.chap import Chap
 from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
-from csi_iscsi.host.runner import CommandFailed
 from tests.fakes import FakeRunner
 
 IQN = "iqn.2026-11.io.csi-iscsi:csi-" + "a" * 32

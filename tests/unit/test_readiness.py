@@ -3,7 +3,7 @@ from __future__ import annotations
 import socket
 import uuid
 
-from csi_iscsi.readiness import iscsid_listening, node_ready
+from csi_iscsi.host.readiness import iscsid_listening, node_ready
 from tests.fakes import FakeRunner
 
 

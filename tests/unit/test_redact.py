@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+from csi_iscsi.base.redact import redact_text
 from csi_iscsi.csi import csi_pb2
-from csi_iscsi.redact import message_for_log, redact_text
+from csi_iscsi.masking import message_for_log
 
 
 def test_secret_fields_are_masked_everywhere() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from csi_iscsi.host.runner import CommandFailed, CommandMissing, CommandTimedOut, SubprocessRunner
+from csi_iscsi.base.runner import CommandFailed, CommandMissing, CommandTimedOut, SubprocessRunner
 
 
 def test_success_returns_output() -> None:

@@ -5,7 +5,7 @@ import os
 import stat
 from pathlib import Path
 
-from csi_iscsi.target.saveconfig import SavedConfig
+from csi_iscsi.lio.saveconfig import SavedConfig
 
 
 def target(wwn: str, acls: list[str]) -> dict[str, object]:

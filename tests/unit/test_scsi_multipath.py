@@ -6,7 +6,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from csi_iscsi.errors import DeadlineExceeded
+from csi_iscsi.base.errors import DeadlineExceeded
 from csi_iscsi.host.multipath import MapBusy, Multipath
 from csi_iscsi.host.scsi import Scsi
 from tests.fakes import FakeRunner

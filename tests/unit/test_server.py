@@ -13,9 +13,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from csi_iscsi import __version__
+from csi_iscsi.base.errors import NotFound
 from csi_iscsi.contract import DRIVER_NAME
 from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
-from csi_iscsi.errors import NotFound
 from csi_iscsi.server import CsiServer, Services, grpc_address
 from csi_iscsi.servicers.identity import IdentityServicer
 

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from csi_iscsi.errors import Aborted
+from csi_iscsi.base.errors import Aborted
 
 
 class VolumeLocks:

@@ -1,15 +1,13 @@
-"""What Probe reports: whether each plugin can do its job right now (not merely that it runs)."""
+"""What the node plugin's Probe reports: whether it can attach volumes right now (not merely that it runs)."""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from pathlib import Path
 
-from csi_iscsi.errors import CsiIscsiError
-from csi_iscsi.host.runner import Runner
+from csi_iscsi.base.errors import CsiIscsiError
+from csi_iscsi.base.runner import Runner
 
-CONFIGFS_TARGET = Path("/sys/kernel/config/target")
 # iscsiadm reaches iscsid on this abstract unix socket (open-iscsi's ISCSIADM_NAMESPACE; systemd's
 # iscsid.socket listens on it too). Abstract sockets belong to a network namespace: the plugin runs
 # in the host's (hostNetwork), the one iscsiadm uses.

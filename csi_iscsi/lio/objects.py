@@ -13,8 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from csi_iscsi.base.errors import FailedPrecondition, NotFound
 from csi_iscsi.chap import Chap
-from csi_iscsi.errors import FailedPrecondition, NotFound
 
 log = logging.getLogger(__name__)
 

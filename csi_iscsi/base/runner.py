@@ -15,8 +15,8 @@ from typing import Protocol
 
 from prometheus_client import Histogram
 
-from csi_iscsi.errors import DeadlineExceeded, FailedPrecondition, Internal
-from csi_iscsi.redact import redact_text
+from csi_iscsi.base.errors import DeadlineExceeded, FailedPrecondition, Internal
+from csi_iscsi.base.redact import redact_text
 
 log = logging.getLogger(__name__)
 

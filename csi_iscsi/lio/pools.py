@@ -20,15 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from csi_iscsi.base.errors import InvalidArgument
+from csi_iscsi.base.runner import Runner
 from csi_iscsi.contract import POOL_NAME_RE
-from csi_iscsi.errors import InvalidArgument
-from csi_iscsi.host.runner import Runner
-
-SIZE_ALIGN = 4 * 1024 * 1024  # LVM's default extent; fileio sizes use it too so both pools agree
-
-
-def align(size: int) -> int:
-    return -(-size // SIZE_ALIGN) * SIZE_ALIGN
 
 
 @dataclass(frozen=True)
@@ -44,7 +38,6 @@ class Pool(Protocol):
 
     def total_bytes(self) -> int: ...
     def allocate(self, volume_id: str, size: int) -> Backing: ...
-    def backing(self, volume_id: str) -> Backing: ...
     def exists(self, volume_id: str) -> bool: ...
     def grow(self, volume_id: str, size: int) -> None: ...
     def release(self, volume_id: str) -> None: ...
@@ -93,9 +86,6 @@ class FileioPool:
             os.close(fd)
         return Backing("fileio", str(path))
 
-    def backing(self, volume_id: str) -> Backing:
-        return Backing("fileio", str(self._path(volume_id)))
-
     def exists(self, volume_id: str) -> bool:
         return self._path(volume_id).exists()
 
@@ -134,9 +124,6 @@ class LvmThinPool:
         if not self.exists(volume_id):
             self._runner.run(["lvcreate", "-q", "-y", "-V", f"{size}b", "-T", f"{self.vg}/{self.thinpool}",
                               "-n", volume_id], timeout=120)
-        return self.backing(volume_id)
-
-    def backing(self, volume_id: str) -> Backing:
         return Backing("block", f"/dev/{self.vg}/{volume_id}")
 
     def exists(self, volume_id: str) -> bool:

@@ -15,15 +15,14 @@ from pathlib import Path
 from prometheus_client import Gauge
 
 from csi_iscsi import contract
+from csi_iscsi.base.errors import FailedPrecondition, NotFound, ResourceExhausted
 from csi_iscsi.chap import Chap
 from csi_iscsi.contract import NodeId
-from csi_iscsi.errors import FailedPrecondition, NotFound, ResourceExhausted
-from csi_iscsi.readiness import CONFIGFS_TARGET
-from csi_iscsi.target.api import PoolInfo, VolumeSpec
-from csi_iscsi.target.lio import Lio
-from csi_iscsi.target.pools import Accounting, Pool
-from csi_iscsi.target.records import CREATING, DELETING, READY, Grant, RecordStore, VolumeRecord
-from csi_iscsi.target.saveconfig import SavedConfig
+from csi_iscsi.lio.api import CREATING, DELETING, READY, Grant, PoolInfo, VolumeRecord, VolumeSpec
+from csi_iscsi.lio.objects import CONFIGFS, Lio
+from csi_iscsi.lio.pools import Accounting, Pool
+from csi_iscsi.lio.records import RecordStore
+from csi_iscsi.lio.saveconfig import SavedConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +68,8 @@ class LioTargetService:
         return max(0, self._pools[pool].total_bytes() - self._accounting.provisioned(pool))
 
     def ready(self) -> tuple[bool, str]:
-        if not CONFIGFS_TARGET.is_dir():
-            return False, f"{CONFIGFS_TARGET} is missing: configfs not mounted or target_core_mod not loaded"
+        if not CONFIGFS.is_dir():
+            return False, f"{CONFIGFS} is missing: configfs not mounted or target_core_mod not loaded"
         for pool in self._pools.values():
             try:
                 pool.total_bytes()

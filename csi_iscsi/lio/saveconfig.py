@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from csi_iscsi.atomic import write_atomic
+from csi_iscsi.base.atomic import write_atomic
 
 DEBIAN_SAVE_FILE = Path("/etc/rtslib-fb-target/saveconfig.json")
 

@@ -10,45 +10,15 @@ import bisect
 import json
 import logging
 import threading
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from csi_iscsi.atomic import remove_durably, write_atomic, write_json_atomic
+from csi_iscsi.base.atomic import remove_durably, write_atomic, write_json_atomic
+from csi_iscsi.base.errors import FailedPrecondition
 from csi_iscsi.contract import NodeId, is_volume_id
-from csi_iscsi.errors import FailedPrecondition
+from csi_iscsi.lio.api import READY, VolumeRecord
 
 log = logging.getLogger(__name__)
-
-CREATING, READY, DELETING = "creating", "ready", "deleting"
-
-
-@dataclass
-class Grant:
-    readonly: bool = False
-
-
-@dataclass
-class VolumeRecord:
-    volume_id: str
-    name: str
-    pool: str
-    capacity_bytes: int
-    access_type: str  # "mount" or "block"
-    access_modes: list[str]
-    parameters: dict[str, str]
-    authentication: str = "none"
-    state: str = CREATING
-    grants: dict[str, Grant] = field(default_factory=dict)  # node_id -> grant
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, value: dict[str, Any]) -> VolumeRecord:
-        grants = {k: Grant(**v) for k, v in value.pop("grants", {}).items()}
-        return cls(**value, grants=grants)
-
 
 class RecordStore:
     def __init__(self, state_dir: Path) -> None:

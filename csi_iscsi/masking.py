@@ -1,23 +1,12 @@
-"""Keeping secrets out of logs, error texts and metrics."""
+"""CSI messages as text for the log, with every csi_secret field masked."""
 
 from __future__ import annotations
-
-from collections.abc import Collection
 
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
+from csi_iscsi.base.redact import MASK
 from csi_iscsi.csi import csi_pb2
-
-MASK = "***"
-
-
-def redact_text(text: str, secrets: Collection[str]) -> str:
-    """text with every (non-trivial) secret value replaced by the mask."""
-    # Longest first, so a secret that contains another is masked whole.
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return text
 
 
 def _is_secret_field(field: object) -> bool:

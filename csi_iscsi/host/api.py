@@ -1,0 +1,40 @@
+"""The boundary of the node's domain: what the Node servicer hands the host side and gets back,
+and the interface it calls (NodeVolumes implements it), the mirror of csi_iscsi.lio.api."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from csi_iscsi.chap import Chap
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    iqn: str
+    portals: list[str]
+    lun: int
+    wwid: str
+
+
+@dataclass(frozen=True)
+class VolumeStats:
+    total_bytes: int
+    used_bytes: int
+    available_bytes: int
+    total_inodes: int
+    used_inodes: int
+    available_inodes: int
+    abnormal: bool
+    message: str
+
+
+class NodeBackend(Protocol):
+    def stage(self, volume_id: str, target: TargetInfo, staging_path: str, access_type: str, fs_type: str,
+              mount_flags: list[str], chap: Chap | None) -> None: ...
+    def unstage(self, volume_id: str, staging_path: str) -> None: ...
+    def publish(self, volume_id: str, staging_path: str, target_path: str, access_type: str,
+                readonly: bool) -> None: ...
+    def unpublish(self, target_path: str) -> None: ...
+    def expand(self, volume_id: str, volume_path: str) -> int: ...
+    def stats(self, volume_id: str, volume_path: str) -> VolumeStats: ...
