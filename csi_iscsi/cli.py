@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -15,8 +14,17 @@ from prometheus_client import start_http_server
 
 from csi_iscsi import __version__
 from csi_iscsi.base.errors import CsiIscsiError
+from csi_iscsi.base.ownership import StateDirLock
 from csi_iscsi.base.runner import SubprocessRunner
-from csi_iscsi.contract import DEFAULT_TARGET_IQN_PREFIX, DEFAULT_ZONE, NODE_NAME_RE, NodeId, is_portal
+from csi_iscsi.contract import (
+    DEFAULT_TARGET_IQN_PREFIX,
+    DEFAULT_ZONE,
+    NODE_ID_MAX_BYTES,
+    NODE_NAME_RE,
+    NodeId,
+    is_portal,
+    is_target_iqn_prefix,
+)
 from csi_iscsi.host.attach import Attacher, AttachTimeouts
 from csi_iscsi.host.filesystem import Filesystems
 from csi_iscsi.host.initiator import DEFAULT_FILE, read_initiator_name
@@ -106,7 +114,11 @@ def _node_identity(args: argparse.Namespace) -> NodeIdentity:
     iqn = read_initiator_name(args.initiator_name_file, args.initiator_iqn)
     if args.max_volumes < 0:
         raise CsiIscsiError("--max-volumes must be >= 0")
-    return NodeIdentity(NodeId(name, iqn), args.zone, args.max_volumes)
+    node_id = NodeId(name, iqn)
+    if len(str(node_id).encode()) > NODE_ID_MAX_BYTES:
+        raise CsiIscsiError(f"node_id {str(node_id)[:64]!r}... is {len(str(node_id).encode())} bytes; CSI allows "
+                            f"{NODE_ID_MAX_BYTES}: shorten the node name or the initiator IQN")
+    return NodeIdentity(node_id, args.zone, args.max_volumes)
 
 
 def _node_volumes(args: argparse.Namespace, runner: SubprocessRunner, identity: NodeIdentity) -> NodeVolumes:
@@ -134,14 +146,16 @@ def build_services(args: argparse.Namespace) -> Services:
     controller: ControllerServicer | None = None
     node: NodeServicer | None = None
     checks: list[Callable[[], tuple[bool, str]]] = []
+    owned: list[StateDirLock] = []
     if args.mode in ("controller", "all"):
         bad = [p for p in args.portal if not is_portal(p)]
         if bad:
             raise CsiIscsiError(f"--portal values {bad} are not ip:port")
         if not args.portal:
             raise CsiIscsiError("--portal is required (one per path; two or more give multipath)")
-        if not re.fullmatch(r"(iqn\.\d{4}-\d{2}\.[a-z0-9.-]+|eui\.[0-9A-F]{16})", args.target_iqn_prefix):
-            raise CsiIscsiError(f"--target-iqn-prefix {args.target_iqn_prefix!r} is not an iqn./eui. prefix")
+        if not is_target_iqn_prefix(args.target_iqn_prefix):
+            raise CsiIscsiError(f"--target-iqn-prefix {args.target_iqn_prefix!r} must be iqn.yyyy-mm.reversed.domain "
+                                "(lowercase, no colon): the target IQN <prefix>:<volume id> must be a valid IQN")
         specs = args.pool or ["name=default,type=fileio,path=/var/lib/csi-iscsi/pool"]
         pools: dict[str, Pool] = {}
         for spec in specs:
@@ -149,6 +163,7 @@ def build_services(args: argparse.Namespace) -> Services:
             if pool.name in pools:
                 raise CsiIscsiError(f"pool {pool.name} is configured twice")
             pools[pool.name] = pool
+        owned.append(_own(args.state_dir / "controller", "controller"))
         target = LioTargetService(pools, args.portal, args.state_dir / "controller", SavedConfig(args.saveconfig),
                                   args.target_iqn_prefix)
         target.reconcile()
@@ -156,6 +171,7 @@ def build_services(args: argparse.Namespace) -> Services:
         controller = ControllerServicer(target, tuple(args.serve_zone) or (DEFAULT_ZONE,))
     if args.mode in ("node", "all"):
         identity = _node_identity(args)
+        owned.append(_own(args.state_dir / "node", "node"))
         node = NodeServicer(identity, _node_volumes(args, runner, identity))
         checks.append(lambda: node_ready(runner))
 
@@ -166,7 +182,14 @@ def build_services(args: argparse.Namespace) -> Services:
                 return ok, why
         return True, "ready"
 
-    return Services(identity=IdentityServicer(readiness), controller=controller, node=node)
+    return Services(identity=IdentityServicer(readiness), controller=controller, node=node, owned=owned)
+
+
+def _own(directory: Path, who: str) -> StateDirLock:
+    """Before any state is read: one process per plugin and state directory (a replacement pod waits)."""
+    lock = StateDirLock(directory, who)
+    lock.acquire()
+    return lock
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -104,6 +104,12 @@ def is_iqn(value: str) -> bool:
     return len(value.encode()) <= IQN_MAX_BYTES and bool(IQN_RE.fullmatch(value))
 
 
+def is_target_iqn_prefix(prefix: str) -> bool:
+    """A prefix is usable only if every target IQN made from it is one the node plugin accepts
+    (an eui. name has no room for a suffix, and IQNs are lowercase before the colon)."""
+    return prefix.startswith("iqn.") and ":" not in prefix and is_iqn(target_iqn("csi-" + "0" * 32, prefix))
+
+
 def is_portal(value: str) -> bool:
     if not PORTAL_RE.fullmatch(value):
         return False

@@ -8,7 +8,7 @@ import signal
 import stat
 import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class Services:
     identity: csi_pb2_grpc.IdentityServicer
     controller: csi_pb2_grpc.ControllerServicer | None = None
     node: csi_pb2_grpc.NodeServicer | None = None
+    owned: list[Any] = field(default_factory=list)  # state directory locks, held while serving
 
 
 class CsiServer:

@@ -316,7 +316,8 @@ def test_login_presents_the_iqn_the_acl_was_made_for(cluster: Cluster, tmp_path:
     with. The record carries the IQN the ACL was made for, so the login is accepted."""
     other = "iqn.2026-11.io.csi-iscsi:testbed-other-name"
     assert other not in Path("/etc/iscsi/initiatorname.iscsi").read_text()
-    args = [*NODE_ARGS, "--initiator-iqn", other, "--state-dir", str(cluster.state)]
+    # A state directory of its own: the first node plugin still holds the cluster's (one owner each).
+    args = [*NODE_ARGS, "--initiator-iqn", other, "--state-dir", str(cluster.state / "other-node")]
     with running(args, tmp_path / "n2.sock", tmp_path / "node2.log") as node2:
         original = (cluster.node, cluster.node_id)
         cluster.node, cluster.node_id = node2, str(NodeId("testbed", other))

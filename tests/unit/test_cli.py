@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import argparse
+import subprocess
+import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
-from csi_iscsi.base.errors import FailedPrecondition
-from csi_iscsi.cli import main
+from csi_iscsi.base.errors import CsiIscsiError, FailedPrecondition
+from csi_iscsi.cli import _parser, build_services, main
 from csi_iscsi.host.initiator import read_initiator_name
 
 
@@ -42,3 +46,60 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exit_.value.code == 0
     assert "csi-iscsi" in capsys.readouterr().out
+
+
+def args_for(tmp_path: Path, *extra: str) -> argparse.Namespace:
+    return _parser().parse_args([*extra, "--state-dir", str(tmp_path / "state")])
+
+
+def test_a_target_prefix_the_node_would_refuse_stops_the_controller(tmp_path: Path) -> None:
+    """One IQN rule: <prefix>:<volume id> must be an IQN the node accepts, or no volume could be staged."""
+    for prefix in ("eui.0123456789ABCDEF", "iqn.2026-11.Example.com", "iqn.2026-11.x:"):
+        with pytest.raises(CsiIscsiError, match="target-iqn-prefix"):
+            build_services(args_for(tmp_path, "controller", "--portal", "10.0.0.1:3260", "--target-iqn-prefix",
+                                    prefix, "--pool", f"name=default,type=fileio,path={tmp_path / 'pool'}"))
+
+
+def test_a_node_id_over_the_spec_limit_stops_the_node(tmp_path: Path) -> None:
+    """CSI limits node_id to 256 bytes; a longer one would be refused by every CO call later."""
+    with pytest.raises(CsiIscsiError, match="256"):
+        build_services(args_for(tmp_path, "node", "--node-name", "n" * 200,
+                                "--initiator-iqn", "iqn.2026-11.io.example:" + "x" * 80))
+
+
+def test_a_second_node_plugin_on_the_same_state_dir_waits_for_the_first(tmp_path: Path) -> None:
+    """Finding 6: a replacement pod starting during the old one's grace period must not serve beside it."""
+    state = tmp_path / "state"
+
+    def start(name: str) -> tuple[subprocess.Popen[bytes], Path]:
+        sock = tmp_path / f"{name}.sock"
+        proc = subprocess.Popen([sys.executable, "-m", "csi_iscsi", "node", "--endpoint", f"unix://{sock}",
+                                 "--node-name", "w1", "--initiator-iqn", "iqn.2026-11.io.example:w1",
+                                 "--state-dir", str(state)], stderr=open(tmp_path / f"{name}.log", "wb"))  # noqa: SIM115
+        return proc, sock
+
+    def serving(sock: Path, within: float) -> bool:
+        channel = grpc.insecure_channel(f"unix:{sock}")
+        try:
+            grpc.channel_ready_future(channel).result(timeout=within)
+            return True
+        except grpc.FutureTimeoutError:
+            return False
+        finally:
+            channel.close()
+
+    first, first_sock = start("first")
+    second = None
+    try:
+        assert serving(first_sock, 30)
+        second, second_sock = start("second")
+        assert not serving(second_sock, 4), "a second plugin served on a state directory another one holds"
+        assert "held by another process" in (tmp_path / "second.log").read_text()
+        first.terminate()
+        first.wait(30)
+        assert serving(second_sock, 30)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
