@@ -40,6 +40,10 @@ def chap_from_secrets(auth: str, secrets: dict[str, str], secret_ref: str) -> Ch
     bad = [k for k in needed if not _VALUE.fullmatch(secrets[k])]
     if bad:
         raise InvalidArgument(f"secret values {bad} must be 1-255 printable ASCII characters without spaces")
+    # LIO's configfs takes a value that starts with NULL as "unset": the ACL would not ask for it.
+    unset = [k for k in needed if secrets[k].startswith("NULL")]
+    if unset:
+        raise InvalidArgument(f"secret values {unset} must not start with 'NULL' (LIO reads such a value as unset)")
     mutual = auth == "mutual"
     return Chap(secrets[SecretKeys.USER], secrets[SecretKeys.PASSWORD],
                 secrets[SecretKeys.MUTUAL_USER] if mutual else "",

@@ -83,5 +83,24 @@ def check_all(caps: Iterable[csi_pb2.VolumeCapability]) -> Requested:
     return Requested(checked[0].access_type, modes, checked[0].fs_type, checked[0].mount_flags)
 
 
+# A publish may ask for the mode the volume was created with, or one that is narrower. Kubernetes sends
+# ReadWriteOnce as SINGLE_NODE_WRITER or SINGLE_NODE_MULTI_WRITER depending on the driver's
+# capabilities when it asked, so those two stand for each other.
+_ALSO_ALLOWED_BY = {
+    "SINGLE_NODE_WRITER": {"SINGLE_NODE_MULTI_WRITER"},
+    "SINGLE_NODE_MULTI_WRITER": {"SINGLE_NODE_WRITER"},
+    "SINGLE_NODE_SINGLE_WRITER": {"SINGLE_NODE_WRITER", "SINGLE_NODE_MULTI_WRITER"},
+    "SINGLE_NODE_READER_ONLY": {"SINGLE_NODE_WRITER", "SINGLE_NODE_MULTI_WRITER", "SINGLE_NODE_SINGLE_WRITER",
+                                "MULTI_NODE_READER_ONLY"},
+    "MULTI_NODE_READER_ONLY": set(),
+}
+
+
+def mode_allowed(requested: str, volume_modes: Iterable[str]) -> bool:
+    """Whether a volume created for volume_modes may be published with the requested mode."""
+    modes = set(volume_modes)
+    return requested in modes or bool(_ALSO_ALLOWED_BY.get(requested, set()) & modes)
+
+
 def is_single_node(modes: Iterable[str]) -> bool:
     return any(Mode.Mode.Value(m) in SINGLE_NODE_MODES for m in modes)

@@ -58,12 +58,16 @@ class FakeLio:
         self.targets: dict[str, dict[str, object]] = {}
         self.calls: list[str] = []
         self.block_in: dict[str, object] = {}  # method name -> threading.Event to wait on
+        self.fail_in: dict[str, int] = {}  # method name -> how many more calls of it fail
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
         event = self.block_in.get(name)
         if event is not None:
             event.wait(5)  # type: ignore[attr-defined]
+        if self.fail_in.get(name, 0) > 0:
+            self.fail_in[name] -= 1
+            raise OSError(f"injected failure of {name}")
 
     def ensure_fileio(self, name: str, path: str, size: int, serial: str, fresh: bool = False) -> None:
         self._call("ensure_fileio")
@@ -99,10 +103,11 @@ class FakeLio:
         self._call("grant")
         self.targets[iqn]["acls"][initiator] = {"readonly": readonly, "chap": chap}  # type: ignore[index]
 
-    def revoke(self, iqn: str, initiator: str) -> None:
+    def revoke(self, iqn: str, initiator: str) -> bool:
         self._call("revoke")
         if iqn in self.targets:
-            self.targets[iqn]["acls"].pop(initiator, None)  # type: ignore[attr-defined]
+            return self.targets[iqn]["acls"].pop(initiator, None) is not None  # type: ignore[attr-defined]
+        return False
 
     def initiators(self, iqn: str) -> list[str]:
         return sorted(self.targets.get(iqn, {}).get("acls", {}))  # type: ignore[arg-type]
@@ -130,3 +135,62 @@ class FakeLio:
 
     def target_iqns(self, prefix: str) -> list[str]:
         return sorted(t for t in self.targets if t.startswith(prefix))
+
+
+class FakeLvm:
+    """LVM as the lvm-thin pool sees it through the runner: a volume group with a thin pool and thin
+    LVs whose sizes it tracks. `broken` makes every command fail with LVM's generic exit code 5."""
+
+    def __init__(self, vg: str = "vg0", thinpool: str = "thin", pool_size: int = 100 * 1024**3) -> None:
+        self.vg, self.thinpool = vg, thinpool
+        self.lvs: dict[str, int] = {thinpool: pool_size}
+        self.broken: set[str] = set()  # program names that fail with exit 5
+        self.extend_fails = False  # lvextend exits 5 without growing (e.g. the thin pool is full)
+
+    @staticmethod
+    def _size(text: str) -> int:
+        return int(text.rstrip("bB"))
+
+    def respond(self, argv: tuple[str, ...]) -> tuple[int, str] | None:
+        program = argv[0]
+        if program not in ("lvs", "lvcreate", "lvextend", "lvremove"):
+            return None
+        if program in self.broken:
+            return 5, ""
+        args = list(argv[1:])
+        if program == "lvs":
+            fields = args[args.index("-o") + 1].split(",") if "-o" in args else ["lv_name"]
+            names = list(self.lvs)
+            if "-S" in args:
+                want = args[args.index("-S") + 1].removeprefix("lv_name=")
+                names = [n for n in names if n == want]
+            else:
+                target = next((a for a in args if "/" in a), None)
+                if target is not None:
+                    name = target.split("/", 1)[1]
+                    if name not in self.lvs:
+                        return 5, ""  # "Failed to find logical volume"
+                    names = [name]
+            rows = []
+            for name in names:
+                values = {"lv_name": name, "lv_size": str(self.lvs[name])}
+                rows.append("  " + " ".join(values.get(f, "") for f in fields))
+            return 0, "\n".join(rows) + ("\n" if rows else "")
+        if program == "lvcreate":
+            name = args[args.index("-n") + 1]
+            if name in self.lvs:
+                return 5, ""
+            self.lvs[name] = self._size(args[args.index("-V") + 1])
+            return 0, ""
+        if program == "lvextend":
+            name = args[-1].split("/", 1)[1]
+            size = self._size(args[args.index("-L") + 1])
+            if name not in self.lvs or self.extend_fails or size <= self.lvs[name]:
+                return 5, ""
+            self.lvs[name] = size
+            return 0, ""
+        for target in (a for a in args if "/" in a):  # lvremove
+            if target.split("/", 1)[1] not in self.lvs:
+                return 5, ""
+            del self.lvs[target.split("/", 1)[1]]
+        return 0, ""

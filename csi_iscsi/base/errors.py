@@ -58,9 +58,18 @@ class Internal(CsiIscsiError):
     code = grpc.StatusCode.INTERNAL
 
 
+# gRPC carries the status message in metadata (8 KiB soft, 16 KiB hard limit): past it the caller
+# gets RESOURCE_EXHAUSTED instead of the real code. Messages quote request fields in bounded form
+# (base.redact.quoted); this cap is the last line.
+MESSAGE_LIMIT = 2048
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status for an exception escaping a servicer."""
     if isinstance(exc, CsiIscsiError):
-        return exc.code, str(exc)
+        text = str(exc)
+        if len(text) > MESSAGE_LIMIT:
+            text = text[:MESSAGE_LIMIT] + f"... ({len(text)} characters, cut)"
+        return exc.code, text
     # An unexpected exception's text may hold anything; keep it out of the reply.
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the plugin's log"

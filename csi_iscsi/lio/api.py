@@ -4,7 +4,9 @@ remote agent on each storage node can take its place unnoticed."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from csi_iscsi.chap import Chap
@@ -19,29 +21,52 @@ def align(size: int) -> int:
     return -(-size // SIZE_ALIGN) * SIZE_ALIGN
 
 
-@dataclass
+@dataclass(frozen=True)
 class Grant:
     readonly: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class VolumeRecord:
+    """One volume as the controller knows it: a value. A change is a new record (dataclasses.replace,
+    with_grant, without_grants), written to disk before it takes the old one's place in memory."""
+
     volume_id: str
     name: str
     pool: str
     capacity_bytes: int
     access_type: str  # "mount" or "block"
-    access_modes: list[str]
-    parameters: dict[str, str]
+    access_modes: tuple[str, ...]
+    parameters: Mapping[str, str]
     authentication: str = "none"
     state: str = CREATING
-    grants: dict[str, Grant] = field(default_factory=dict)  # node_id -> grant
+    grants: Mapping[str, Grant] = field(default_factory=dict)  # node_id -> grant
+
+    def __post_init__(self) -> None:
+        # Read-only views over private copies: nobody can change a record a caller holds.
+        object.__setattr__(self, "access_modes", tuple(self.access_modes))
+        object.__setattr__(self, "parameters", MappingProxyType(dict(self.parameters)))
+        object.__setattr__(self, "grants", MappingProxyType(dict(self.grants)))
+
+    def with_grant(self, node_id: str, grant: Grant) -> VolumeRecord:
+        return replace(self, grants={**self.grants, node_id: grant})
+
+    def without_grants(self, node_ids: Iterable[str]) -> VolumeRecord:
+        drop = set(node_ids)
+        return replace(self, grants={k: v for k, v in self.grants.items() if k not in drop})
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "volume_id": self.volume_id, "name": self.name, "pool": self.pool,
+            "capacity_bytes": self.capacity_bytes, "access_type": self.access_type,
+            "access_modes": list(self.access_modes), "parameters": dict(self.parameters),
+            "authentication": self.authentication, "state": self.state,
+            "grants": {k: {"readonly": g.readonly} for k, g in self.grants.items()},
+        }
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> VolumeRecord:
+        value = dict(value)
         grants = {k: Grant(**v) for k, v in value.pop("grants", {}).items()}
         return cls(**value, grants=grants)
 
@@ -54,7 +79,7 @@ class VolumeSpec:
     capacity_bytes: int
     access_type: str
     access_modes: tuple[str, ...]
-    parameters: dict[str, str]
+    parameters: Mapping[str, str]
     authentication: str
 
 
@@ -75,7 +100,7 @@ class TargetBackend(Protocol):
     def create(self, spec: VolumeSpec) -> VolumeRecord: ...
     def delete(self, volume_id: str) -> None: ...
     def publish(self, volume_id: str, node: NodeId, readonly: bool, chap: Chap | None) -> VolumeRecord: ...
-    def unpublish(self, volume_id: str, node: NodeId) -> None: ...
+    def unpublish(self, volume_id: str, node: NodeId | None) -> None: ...
     def expand(self, volume_id: str, capacity_bytes: int) -> VolumeRecord: ...
     def page(self, start_after: str, limit: int) -> tuple[list[VolumeRecord], str]: ...
     def available_bytes(self, pool: str) -> int: ...

@@ -82,10 +82,19 @@ class Lio:
         return None
 
     def _free_index(self, dirp: str, name: str) -> int:
-        for index in self._probe(dirp, name):
+        """The first free slot of the name's probe window, else the first free one after it. A
+        restore numbers HBAs 0..N-1, so a window can be full; with N HBAs in use, the search ends
+        within N+1 stats (a fresh name then lives outside its window, which _locate's thorough search
+        and the LUN link still find)."""
+        probes = self._probe(dirp, name)
+        for index in probes:
             if not (self._core / f"{dirp}_{index}").exists():
                 return index
-        raise FailedPrecondition(f"no free LIO HBA index for {name} near its derived slot")
+        for step in range(HBA_INDEXES):
+            index = (probes[-1] + 1 + step) % HBA_INDEXES
+            if not (self._core / f"{dirp}_{index}").exists():
+                return index
+        raise FailedPrecondition(f"every LIO {dirp} HBA index is in use")
 
     def ensure_fileio(self, name: str, path: str, size: int, serial: str, fresh: bool = False) -> None:
         """fresh: the caller knows the object cannot exist yet (its record was just made)."""
@@ -178,14 +187,15 @@ class Lio:
                 acl.chap_mutual_userid = chap.mutual_user
                 acl.chap_mutual_password = chap.mutual_password
 
-    def revoke(self, iqn: str, initiator: str) -> None:
-        """Remove the initiator's ACL; LIO ends that initiator's sessions with it."""
+    def revoke(self, iqn: str, initiator: str) -> bool:
+        """Remove the initiator's ACL; LIO ends that initiator's sessions with it. False if there was none."""
         rts = self._rts
         try:
             tpg = self._tpg(iqn)
             rts.NodeACL(tpg, initiator, mode="lookup").delete()
+            return True
         except (NotFound, rts.RTSLibNotInCFS):
-            pass
+            return False
 
     def initiators(self, iqn: str) -> list[str]:
         try:

@@ -1,13 +1,14 @@
 """Where volumes' bytes live on the target node.
 
-fileio: a sparse file per volume in a directory, exported by LIO's fileio backstore. LIO fixes a
-fileio object's size at creation, so such a volume grows offline only (the object is recreated,
-with the same unit serial, over the enlarged file, while no node has it published).
+fileio: a file per volume in a directory, exported by LIO's fileio backstore; sparse unless the
+pool preallocates. LIO fixes a fileio object's size at creation, so such a volume grows offline
+only (the object is recreated, with the same unit serial, over the enlarged file, while no node
+has it published).
 lvm-thin: a thin LV per volume in a volume group's thin pool, exported by LIO's block backstore;
 it grows online (lvextend; the initiator sees the new size after a rescan).
 
-Capacity is accounted from the provisioned sizes held in memory (never by listing the pool):
-available = total x overprovision - provisioned.
+What a pool can still give is asked of the pool with the provisioned sizes from the records
+(never by listing the pool's directory or volume group).
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ import os
 import re
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from csi_iscsi.base.errors import InvalidArgument
-from csi_iscsi.base.runner import Runner
+from csi_iscsi.base.errors import Internal, InvalidArgument, NotFound
+from csi_iscsi.base.runner import CommandFailed, Runner
 from csi_iscsi.contract import POOL_NAME_RE
+
+GiB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -36,44 +40,78 @@ class Pool(Protocol):
     kind: str
     online_expansion: bool
 
-    def total_bytes(self) -> int: ...
+    def available_bytes(self, provisioned: Mapping[str, int]) -> int:
+        """What a new volume or a growth may still take, given every volume's provisioned size."""
+        ...
+
+    def check(self) -> None:
+        """Raises when the pool cannot be used now."""
+        ...
+
     def allocate(self, volume_id: str, size: int) -> Backing: ...
     def exists(self, volume_id: str) -> bool: ...
     def grow(self, volume_id: str, size: int) -> None: ...
     def release(self, volume_id: str) -> None: ...
 
 
-class Accounting:
-    """Provisioned bytes per pool, kept in memory and updated with every create/grow/delete."""
+class Reservations:
+    """Bytes promised to calls in flight (a growth not yet recorded), so two calls cannot both take
+    the last free bytes. In memory only: a restart ends every call that held one."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._provisioned: dict[str, int] = {}
+        self._held: dict[str, int] = {}
 
-    def add(self, pool: str, delta: int) -> None:
+    def hold(self, pool: str, delta: int) -> None:
         with self._lock:
-            self._provisioned[pool] = self._provisioned.get(pool, 0) + delta
+            self._held[pool] = self._held.get(pool, 0) + delta
 
-    def provisioned(self, pool: str) -> int:
+    def held(self, pool: str) -> int:
         with self._lock:
-            return self._provisioned.get(pool, 0)
+            return self._held.get(pool, 0)
 
 
 class FileioPool:
+    """Files in a directory. Without overprovisioning (the default) the pool counts what the
+    filesystem really has free (f_bavail), minus what its sparse files may still claim, minus a
+    reserve that keeps the filesystem (often the root one, which also holds the driver's state and
+    the saved LIO config) from filling up."""
+
     kind = "fileio"
     online_expansion = False
 
-    def __init__(self, name: str, directory: Path, overprovision: float = 1.0) -> None:
+    def __init__(self, name: str, directory: Path, overprovision: float = 1.0, *,
+                 preallocate: bool = False, reserve: int | None = None) -> None:
         self.name = name
         self.directory = directory
         self.overprovision = overprovision
+        self.preallocate = preallocate
+        self.reserve = reserve
 
     def _path(self, volume_id: str) -> Path:
         return self.directory / f"{volume_id}.img"
 
-    def total_bytes(self) -> int:
+    def _reserve(self, size: int) -> int:
+        return self.reserve if self.reserve is not None else min(GiB, size // 20)
+
+    def check(self) -> None:
+        os.statvfs(self.directory)
+
+    def available_bytes(self, provisioned: Mapping[str, int]) -> int:
         st = os.statvfs(self.directory)
-        return int(st.f_blocks * st.f_frsize * self.overprovision)
+        size, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+        headroom = free - self._reserve(size)
+        if self.overprovision > 1:
+            # Overcommit is the operator's choice, bounded by the ratio; the reserve still holds.
+            return max(0, min(int(size * self.overprovision) - sum(provisioned.values()), headroom))
+        unclaimed = sum(max(0, capacity - self._allocated(volume_id)) for volume_id, capacity in provisioned.items())
+        return max(0, headroom - unclaimed)
+
+    def _allocated(self, volume_id: str) -> int:
+        try:
+            return self._path(volume_id).stat().st_blocks * 512
+        except FileNotFoundError:
+            return 0
 
     def allocate(self, volume_id: str, size: int) -> Backing:
         path = self._path(volume_id)
@@ -81,6 +119,8 @@ class FileioPool:
         try:
             if os.fstat(fd).st_size < size:
                 os.ftruncate(fd, size)
+            if self.preallocate:
+                os.posix_fallocate(fd, 0, size)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -97,6 +137,10 @@ class FileioPool:
 
 
 class LvmThinPool:
+    """Thin LVs in one thin pool. Every decision is taken from LVM's own report (`lvs` with a
+    selection, which answers 0 and nothing when no LV matches), never from an exit code: LVM's
+    exit code 5 means any failure at all (locking, a missing PV, a full pool), not "not found"."""
+
     kind = "lvm-thin"
     online_expansion = True
 
@@ -111,39 +155,89 @@ class LvmThinPool:
     def _lv(self, volume_id: str) -> str:
         return f"{self.vg}/{volume_id}"
 
-    def total_bytes(self) -> int:
+    def lv_size(self, lv_name: str) -> int | None:
+        """The LV's size in bytes, None when LVM reports no such LV; any LVM failure raises."""
+        out = self._runner.run(["lvs", "--noheadings", "--units", "b", "--nosuffix", "-o", "lv_name,lv_size",
+                                "-S", f"lv_name={lv_name}", self.vg], timeout=30).stdout
+        for line in out.splitlines():
+            fields = line.split()
+            if len(fields) == 2 and fields[0] == lv_name:
+                return int(fields[1])
+        return None
+
+    def _total_bytes(self) -> int:
         # The thin pool's size changes only when an admin extends it: ask LVM at most every 30 s.
         now = time.monotonic()
         if self._total is None or now - self._total[1] > 30:
-            out = self._runner.run(["lvs", "--noheadings", "--units", "b", "--nosuffix", "-o", "lv_size",
-                                    f"{self.vg}/{self.thinpool}"], timeout=30).stdout.strip()
-            self._total = (int(int(out) * self.overprovision), now)
+            size = self.lv_size(self.thinpool)
+            if size is None:
+                raise NotFound(f"thin pool {self.vg}/{self.thinpool} of pool {self.name} does not exist")
+            self._total = (int(size * self.overprovision), now)
         return self._total[0]
 
+    def check(self) -> None:
+        self._total_bytes()
+
+    def available_bytes(self, provisioned: Mapping[str, int]) -> int:
+        return max(0, self._total_bytes() - sum(provisioned.values()))
+
     def allocate(self, volume_id: str, size: int) -> Backing:
-        if not self.exists(volume_id):
-            self._runner.run(["lvcreate", "-q", "-y", "-V", f"{size}b", "-T", f"{self.vg}/{self.thinpool}",
-                              "-n", volume_id], timeout=120)
+        if self.lv_size(volume_id) is None:
+            try:
+                self._runner.run(["lvcreate", "-q", "-y", "-V", f"{size}b", "-T", f"{self.vg}/{self.thinpool}",
+                                  "-n", volume_id], timeout=120)
+            except CommandFailed:
+                if self.lv_size(volume_id) is None:
+                    raise
         return Backing("block", f"/dev/{self.vg}/{volume_id}")
 
     def exists(self, volume_id: str) -> bool:
-        result = self._runner.run(["lvs", "--noheadings", "-o", "lv_name", self._lv(volume_id)],
-                                  ok_codes=(0, 5), timeout=30)
-        return result.returncode == 0 and result.stdout.strip() == volume_id
+        return self.lv_size(volume_id) is not None
 
     def grow(self, volume_id: str, size: int) -> None:
-        self._runner.run(["lvextend", "-q", "-L", f"{size}b", self._lv(volume_id)], ok_codes=(0, 5), timeout=120)
+        current = self.lv_size(volume_id)
+        if current is None:
+            raise Internal(f"LV {self._lv(volume_id)} of pool {self.name} is missing; cannot grow it")
+        if current >= size:
+            return
+        try:
+            self._runner.run(["lvextend", "-q", "-L", f"{size}b", self._lv(volume_id)], timeout=120)
+        except CommandFailed:
+            grown = self.lv_size(volume_id)
+            if grown is None or grown < size:
+                raise
+        # What LVM reports now, not what lvextend's exit said.
+        grown = self.lv_size(volume_id)
+        if grown is None or grown < size:
+            raise Internal(f"lvextend of {self._lv(volume_id)} to {size} bytes left it at {grown} bytes")
 
     def release(self, volume_id: str) -> None:
-        if self.exists(volume_id):
+        if self.lv_size(volume_id) is not None:
             self._runner.run(["lvremove", "-q", "-y", self._lv(volume_id)], timeout=120)
+        if self.lv_size(volume_id) is not None:
+            raise Internal(f"LV {self._lv(volume_id)} is still there after lvremove")
 
 
 _POOL_SPEC = re.compile(r"^[a-z-]+=[^,=]+(,[a-z-]+=[^,=]+)*$")
+_SIZE = re.compile(r"^(\d+)([KMGT]i?)?$")
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _parse_size(name: str, key: str, value: str) -> int:
+    m = _SIZE.fullmatch(value)
+    if not m:
+        raise InvalidArgument(f"pool {name}: {key} must be bytes, optionally with K, M, G or T (e.g. 2G)")
+    return int(m[1]) * _UNITS[(m[2] or "")[:1]]
+
+
+def _parse_bool(name: str, key: str, value: str) -> bool:
+    if value not in ("true", "false"):
+        raise InvalidArgument(f"pool {name}: {key} must be true or false")
+    return value == "true"
 
 
 def parse_pool_spec(spec: str, runner: Runner) -> Pool:
-    """`name=NAME,type=fileio,path=DIR[,overprovision=R]` or
+    """`name=NAME,type=fileio,path=DIR[,overprovision=R][,preallocate=true][,reserve=SIZE]` or
     `name=NAME,type=lvm-thin,vg=VG,thinpool=LV[,overprovision=R]`."""
     if not _POOL_SPEC.fullmatch(spec):
         raise InvalidArgument(f"pool spec {spec!r} is not key=value[,key=value...]")
@@ -154,8 +248,8 @@ def parse_pool_spec(spec: str, runner: Runner) -> Pool:
         raise InvalidArgument(f"pool name {name!r} must match {POOL_NAME_RE.pattern}")
     try:
         ratio = float(fields.pop("overprovision", "1.0"))
-    except ValueError as exc:
-        raise InvalidArgument(f"pool {name}: overprovision must be a number") from exc
+    except ValueError:
+        raise InvalidArgument(f"pool {name}: overprovision must be a number") from None
     if ratio <= 0:
         raise InvalidArgument(f"pool {name}: overprovision must be > 0")
     pool: Pool
@@ -163,8 +257,10 @@ def parse_pool_spec(spec: str, runner: Runner) -> Pool:
         directory = Path(fields.pop("path", ""))
         if not directory.is_absolute():
             raise InvalidArgument(f"pool {name}: path must be an absolute directory")
+        preallocate = _parse_bool(name, "preallocate", fields.pop("preallocate", "false"))
+        reserve = _parse_size(name, "reserve", fields.pop("reserve")) if "reserve" in fields else None
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        pool = FileioPool(name, directory, ratio)
+        pool = FileioPool(name, directory, ratio, preallocate=preallocate, reserve=reserve)
     elif kind == "lvm-thin":
         vg, thin = fields.pop("vg", ""), fields.pop("thinpool", "")
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", vg) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", thin):
@@ -175,4 +271,3 @@ def parse_pool_spec(spec: str, runner: Runner) -> Pool:
     if fields:
         raise InvalidArgument(f"pool {name}: unknown keys {sorted(fields)}")
     return pool
-

@@ -1,7 +1,11 @@
-"""The controller's own durable records: one file per volume, and who holds each initiator IQN.
+"""The controller's own durable records: one file per volume, no secrets (CHAP credentials live
+only in the LIO config).
 
-No secrets are kept here (CHAP credentials live only in the LIO config). Everything is loaded
-once at start into memory, so calls never list the directory or walk configfs.
+Records are values (csi_iscsi.lio.api.VolumeRecord). `put` writes the new value to disk first and
+only then swaps it in: when the write fails, memory still holds what disk holds. Everything is
+loaded once at start, so calls never list the directory or walk configfs. Which node holds an
+initiator IQN, and how much each pool has provisioned, are derived from the records themselves
+(no second file that could drift from them).
 """
 
 from __future__ import annotations
@@ -10,24 +14,26 @@ import bisect
 import json
 import logging
 import threading
+from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
-from csi_iscsi.base.atomic import remove_durably, write_atomic, write_json_atomic
-from csi_iscsi.base.errors import FailedPrecondition
+from csi_iscsi.base.atomic import remove_durably, write_json_atomic
 from csi_iscsi.contract import NodeId, is_volume_id
 from csi_iscsi.lio.api import READY, VolumeRecord
 
 log = logging.getLogger(__name__)
 
+# Kept by versions before 0.2: claims written apart from the grants, which could leak. Claims are
+# now derived from the grants; the old file is removed at start.
+LEGACY_INITIATORS_FILE = "initiators.json"
+
+
 class RecordStore:
     def __init__(self, state_dir: Path) -> None:
         self._dir = state_dir / "volumes"
-        self._initiators_file = state_dir / "initiators.json"
         self._lock = threading.Lock()
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._records: dict[str, VolumeRecord] = {}
-        self._ids: list[str] = []  # sorted, for pagination
         for path in self._dir.glob("csi-*.json"):
             volume_id = path.stem
             if not is_volume_id(volume_id):
@@ -36,11 +42,30 @@ class RecordStore:
                 self._records[volume_id] = VolumeRecord.from_json(json.loads(path.read_text()))
             except (ValueError, TypeError) as exc:
                 log.error("volume record %s is unreadable (%s); leaving it for a person to look at", path, exc)
-        self._ids = sorted(self._records)
-        # initiator IQN -> {"node": node name, "volumes": [volume ids]}
-        self._initiators: dict[str, dict[str, Any]] = {}
-        if self._initiators_file.exists():
-            self._initiators = json.loads(self._initiators_file.read_text())
+        self._ids = sorted(self._records)  # for pagination
+        # initiator IQN -> node name -> volume ids granted to it
+        self._holders: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+        for record in self._records.values():
+            self._index(record, +1)
+        legacy = state_dir / LEGACY_INITIATORS_FILE
+        if legacy.exists():
+            log.info("removing %s: initiator claims are derived from the volume records now", legacy)
+            remove_durably(legacy)
+
+    def _index(self, record: VolumeRecord, sign: int) -> None:
+        for node_id in record.grants:
+            node = NodeId.parse(node_id)
+            if node is None:
+                continue
+            volumes = self._holders[node.initiator_iqn][node.node_name]
+            if sign > 0:
+                volumes.add(record.volume_id)
+            else:
+                volumes.discard(record.volume_id)
+                if not volumes:
+                    del self._holders[node.initiator_iqn][node.node_name]
+                if not self._holders[node.initiator_iqn]:
+                    del self._holders[node.initiator_iqn]
 
     def get(self, volume_id: str) -> VolumeRecord | None:
         with self._lock:
@@ -63,45 +88,32 @@ class RecordStore:
             more = index < len(self._ids)
             return out, (out[-1].volume_id if out and more else "")
 
-    def put(self, record: VolumeRecord) -> None:
-        write_json_atomic(self._dir / f"{record.volume_id}.json", record.to_json())
+    def capacities(self, pool: str) -> dict[str, int]:
+        """volume id -> provisioned bytes of every volume in pool (whatever its state)."""
         with self._lock:
-            if record.volume_id not in self._records:
+            return {r.volume_id: r.capacity_bytes for r in self._records.values() if r.pool == pool}
+
+    def holders(self, initiator_iqn: str) -> dict[str, set[str]]:
+        """node name -> volume ids, for every node a record grants this initiator IQN to."""
+        with self._lock:
+            return {name: set(ids) for name, ids in self._holders.get(initiator_iqn, {}).items()}
+
+    def put(self, record: VolumeRecord) -> None:
+        """Disk first; memory takes the new value only once it is durable."""
+        with self._lock:
+            write_json_atomic(self._dir / f"{record.volume_id}.json", record.to_json())
+            old = self._records.get(record.volume_id)
+            if old is None:
                 bisect.insort(self._ids, record.volume_id)
+            else:
+                self._index(old, -1)
             self._records[record.volume_id] = record
+            self._index(record, +1)
 
     def remove(self, volume_id: str) -> None:
-        remove_durably(self._dir / f"{volume_id}.json")
         with self._lock:
-            if self._records.pop(volume_id, None) is not None:
+            remove_durably(self._dir / f"{volume_id}.json")
+            old = self._records.pop(volume_id, None)
+            if old is not None:
                 self._ids.remove(volume_id)
-
-    # Initiator claims: LIO fences by IQN, so one IQN may belong to one node name only.
-
-    def claim_initiator(self, node: NodeId, volume_id: str) -> None:
-        with self._lock:
-            entry = self._initiators.get(node.initiator_iqn)
-            if entry and entry["node"] != node.node_name and entry["volumes"]:
-                raise FailedPrecondition(
-                    f"initiator {node.initiator_iqn} is already granted to node {entry['node']!r}; node "
-                    f"{node.node_name!r} reports the same IQN (cloned nodes?). LIO fences by IQN, so the two "
-                    "cannot be kept apart: give each node its own /etc/iscsi/initiatorname.iscsi")
-            if not entry or entry["node"] != node.node_name:
-                entry = {"node": node.node_name, "volumes": []}
-            if volume_id not in entry["volumes"]:
-                entry["volumes"] = sorted([*entry["volumes"], volume_id])
-            self._initiators[node.initiator_iqn] = entry
-            self._write_initiators()
-
-    def _write_initiators(self) -> None:
-        write_atomic(self._initiators_file, json.dumps(self._initiators, separators=(",", ":")).encode())
-
-    def release_initiator(self, node: NodeId, volume_id: str) -> None:
-        with self._lock:
-            entry = self._initiators.get(node.initiator_iqn)
-            if not entry or entry["node"] != node.node_name or volume_id not in entry["volumes"]:
-                return
-            entry["volumes"].remove(volume_id)
-            if not entry["volumes"]:
-                del self._initiators[node.initiator_iqn]
-            self._write_initiators()
+                self._index(old, -1)

@@ -45,15 +45,25 @@ class SavedConfig:
         with self._lock:
             return self._targets.get(wwn)
 
+    def has_acl(self, wwn: str, initiator: str) -> bool:
+        with self._lock:
+            target = self._targets.get(wwn)
+            return target is not None and any(
+                a.get("node_wwn") == initiator for tpg in target.get("tpgs", []) for a in tpg.get("node_acls", []))
+
     def update(self, *, storage_objects: dict[str, dict[str, Any] | None] | None = None,
                targets: dict[str, dict[str, Any] | None] | None = None) -> None:
-        """Replace (dict) or drop (None) the named entries, then write the document durably."""
+        """Replace (dict) or drop (None) the named entries and write the document durably; the new
+        entries take the old ones' place in memory only once the file holds them."""
         with self._lock:
+            sos, so_text = dict(self._storage_objects), dict(self._so_text)
+            tgts, tgt_text = dict(self._targets), dict(self._target_text)
             for name, so in (storage_objects or {}).items():
-                self._set(self._storage_objects, self._so_text, name, so)
+                self._set(sos, so_text, name, so)
             for wwn, target in (targets or {}).items():
-                self._set(self._targets, self._target_text, wwn, target)
-            self._write()
+                self._set(tgts, tgt_text, wwn, target)
+            self._write(so_text, tgt_text)
+            self._storage_objects, self._so_text, self._targets, self._target_text = sos, so_text, tgts, tgt_text
 
     def update_acl(self, wwn: str, initiator: str, acl: dict[str, Any] | None) -> bool:
         """Replace or drop one ACL inside a saved target; False if the target is not saved yet."""
@@ -61,13 +71,16 @@ class SavedConfig:
             target = self._targets.get(wwn)
             if target is None or len(target.get("tpgs", [])) != 1:
                 return False
-            tpg = target["tpgs"][0]
+            tpg = dict(target["tpgs"][0])
             acls = [a for a in tpg.get("node_acls", []) if a.get("node_wwn") != initiator]
             if acl is not None:
                 acls.append(acl)
             tpg["node_acls"] = sorted(acls, key=lambda a: str(a.get("node_wwn")))
-            self._target_text[wwn] = _encode(target)
-            self._write()
+            new_target = {**target, "tpgs": [tpg]}
+            tgts, tgt_text = dict(self._targets), dict(self._target_text)
+            tgts[wwn], tgt_text[wwn] = new_target, _encode(new_target)
+            self._write(self._so_text, tgt_text)
+            self._targets, self._target_text = tgts, tgt_text
             return True
 
     @staticmethod
@@ -79,10 +92,10 @@ class SavedConfig:
             values[key] = value
             texts[key] = _encode(value)
 
-    def _write(self) -> None:
+    def _write(self, so_text: dict[str, str], target_text: dict[str, str]) -> None:
         text = "".join([
             '{"fabric_modules":', self._fabric_text,
-            ',"storage_objects":[', ",".join(self._so_text[k] for k in sorted(self._so_text)),
-            '],"targets":[', ",".join(self._target_text[k] for k in sorted(self._target_text)), "]}\n",
+            ',"storage_objects":[', ",".join(so_text[k] for k in sorted(so_text)),
+            '],"targets":[', ",".join(target_text[k] for k in sorted(target_text)), "]}\n",
         ])
         write_atomic(self.path, text.encode(), 0o600)

@@ -16,6 +16,7 @@ from csi_iscsi.base.errors import (
     OutOfRange,
 )
 from csi_iscsi.base.locks import VolumeLocks
+from csi_iscsi.base.redact import quoted
 from csi_iscsi.chap import chap_from_secrets
 from csi_iscsi.contract import (
     AUTH_MODES,
@@ -28,7 +29,7 @@ from csi_iscsi.contract import (
 )
 from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
 from csi_iscsi.lio.api import SIZE_ALIGN, TargetBackend, VolumeRecord, VolumeSpec, align
-from csi_iscsi.volume_capabilities import READONLY_MODES, check_all, check_one, is_single_node
+from csi_iscsi.volume_capabilities import READONLY_MODES, check_all, check_one, is_single_node, mode_allowed
 
 DEFAULT_SIZE = 1024 * 1024 * 1024
 
@@ -71,14 +72,15 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         own = {k: v for k, v in params.items() if not k.startswith(Parameters.KUBERNETES_PREFIX)}
         unknown = sorted(set(own) - {Parameters.POOL, Parameters.AUTHENTICATION})
         if unknown:
-            raise InvalidArgument(f"unknown StorageClass parameters {unknown}; known: "
+            shown = ", ".join(quoted(k, 40) for k in unknown[:5])
+            raise InvalidArgument(f"unknown StorageClass parameters {shown}; known: "
                                   f"{[Parameters.POOL, Parameters.AUTHENTICATION]} (see docs/contract.md)")
         pool = own.get(Parameters.POOL) or self._target.default_pool()
         if pool not in self._target.pools():
-            raise InvalidArgument(f"pool {pool!r} is not configured; pools: {sorted(self._target.pools())}")
+            raise InvalidArgument(f"pool {quoted(pool)} is not configured; pools: {sorted(self._target.pools())}")
         auth = own.get(Parameters.AUTHENTICATION, "none")
         if auth not in AUTH_MODES:
-            raise InvalidArgument(f"authentication must be one of {list(AUTH_MODES)}, not {auth!r}")
+            raise InvalidArgument(f"authentication must be one of {list(AUTH_MODES)}, not {quoted(auth)}")
         own[Parameters.POOL] = pool
         own[Parameters.AUTHENTICATION] = auth
         return pool, auth, own
@@ -99,7 +101,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
     def _record(self, volume_id: str) -> VolumeRecord:
         record = self._target.get(volume_id) if contract.is_volume_id(volume_id) else None
         if record is None:
-            raise NotFound(f"volume {volume_id!r} does not exist")
+            raise NotFound(f"volume {quoted(volume_id)} does not exist")
         return record
 
     # RPCs ----------------------------------------------------------------------------------------
@@ -124,8 +126,8 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
                 if not _fits(existing, request.capacity_range) or existing.parameters != params \
                         or existing.access_type != requested.access_type:
                     raise AlreadyExists(
-                        f"volume {request.name!r} exists ({existing.capacity_bytes} bytes, {existing.access_type}, "
-                        f"{existing.parameters}) and does not match this request")
+                        f"volume {quoted(request.name)} exists ({existing.capacity_bytes} bytes, "
+                        f"{existing.access_type}, {dict(existing.parameters)}) and does not match this request")
             record = self._target.create(VolumeSpec(
                 volume_id=volume_id, name=request.name, pool=pool,
                 capacity_bytes=existing.capacity_bytes if existing else size,
@@ -154,10 +156,14 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         record = self._record(request.volume_id)
         node = NodeId.parse(request.node_id)
         if node is None:
-            raise NotFound(f"node {request.node_id!r} is not a csi-iscsi node id (<node name>/<initiator IQN>)")
+            raise NotFound(f"node {quoted(request.node_id)} is not a csi-iscsi node id "
+                           "(<node name>/<initiator IQN>)")
         if cap.access_type != record.access_type:
             raise InvalidArgument(f"volume {record.volume_id} is a {record.access_type} volume, "
                                   f"not {cap.access_type}")
+        if not mode_allowed(cap.modes[0], record.access_modes):
+            raise InvalidArgument(f"volume {record.volume_id} was created for {list(record.access_modes)}; "
+                                  f"it cannot be published as {cap.modes[0]}")
         readonly = request.readonly or request.volume_capability.access_mode.mode in READONLY_MODES
         chap = chap_from_secrets(record.authentication, dict(request.secrets),
                                  "csi.storage.k8s.io/controller-publish-secret-name")
@@ -187,14 +193,10 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         if not contract.is_volume_id(request.volume_id):
             return csi_pb2.ControllerUnpublishVolumeResponse()
         with self._locks.hold(request.volume_id, "ControllerUnpublishVolume"):
-            record = self._target.get(request.volume_id)
-            if record is None:
-                return csi_pb2.ControllerUnpublishVolumeResponse()
-            node_ids = [request.node_id] if request.node_id else list(record.grants)
-            for node_id in node_ids:
-                node = NodeId.parse(node_id)
-                if node is not None:
-                    self._target.unpublish(request.volume_id, node)
+            if not request.node_id:
+                self._target.unpublish(request.volume_id, None)  # from every node
+            elif (node := NodeId.parse(request.node_id)) is not None:
+                self._target.unpublish(request.volume_id, node)
         return csi_pb2.ControllerUnpublishVolumeResponse()
 
     def ValidateVolumeCapabilities(self, request: csi_pb2.ValidateVolumeCapabilitiesRequest,
@@ -224,7 +226,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         if request.max_entries < 0:
             raise InvalidArgument("max_entries must not be negative")
         if request.starting_token and not contract.is_volume_id(request.starting_token):
-            raise Aborted(f"starting_token {request.starting_token!r} is not one this driver issued")
+            raise Aborted(f"starting_token {quoted(request.starting_token)} is not one this driver issued")
         records, token = self._target.page(request.starting_token, request.max_entries)
         entries = [csi_pb2.ListVolumesResponse.Entry(
             volume=self._volume(r),
@@ -261,5 +263,8 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         size = _capacity(request.capacity_range)
         with self._locks.hold(record.volume_id, "ControllerExpandVolume"):
             record = self._target.expand(record.volume_id, size)
+        # A filesystem always grows on the node; a raw device grown while published needs the node to
+        # rescan its paths and resize the map (unpublished, the next attach sees the new size).
         return csi_pb2.ControllerExpandVolumeResponse(
-            capacity_bytes=record.capacity_bytes, node_expansion_required=record.access_type == "mount")
+            capacity_bytes=record.capacity_bytes,
+            node_expansion_required=record.access_type == "mount" or bool(record.grants))

@@ -227,13 +227,29 @@ def test_reconcile_restores_lost_objects_and_reports_drift(world: World) -> None
     assert world.lio.initiators(iqn) == ["iqn.1993-08.org.debian:01:aaa"]
 
 
-def test_a_crash_half_way_is_finished_by_the_retry(world: World) -> None:
-    world.lio.ensure_target = None  # type: ignore[assignment, method-assign]
-    assert code_of(world.create, "pvc-crash") == grpc.StatusCode.INTERNAL
+def test_a_failed_create_undoes_itself_and_the_retry_starts_afresh(world: World) -> None:
+    world.lio.fail_in["ensure_target"] = 1
+    assert code_of(world.create, "pvc-fail") == grpc.StatusCode.INTERNAL
+    vid = contract.volume_id_for_name("pvc-fail")
+    assert world.service.get(vid) is None and not (world.tmp / "state" / "volumes" / f"{vid}.json").exists()
+    assert world.lio.storage_objects == {} and world.lio.targets == {}
+    assert not (world.tmp / "pool" / f"{vid}.img").exists()
+    assert world.create("pvc-fail").volume_id == vid
+    assert world.service.get(vid).state == "ready"  # type: ignore[union-attr]
+
+
+def test_a_create_a_crash_left_half_made_is_finished_by_the_retry(world: World) -> None:
     vid = contract.volume_id_for_name("pvc-crash")
-    assert world.service.get(vid).state == "creating"  # type: ignore[union-attr]
+    record = {"volume_id": vid, "name": "pvc-crash", "pool": "default", "capacity_bytes": GiB,
+              "access_type": "mount", "access_modes": ["SINGLE_NODE_WRITER"],
+              "parameters": {"pool": "default", "authentication": "none"}, "authentication": "none",
+              "state": "creating", "grants": {}}
+    world.stop()
+    (world.tmp / "state" / "volumes").mkdir(parents=True, exist_ok=True)
+    (world.tmp / "state" / "volumes" / f"{vid}.json").write_text(json.dumps(record))
+    world.restart()  # what a controller killed after its first step finds
+    assert any("left creating" in line for line in world.service.reconcile())
     assert world.stub.ListVolumes(csi_pb2.ListVolumesRequest()).entries == []
-    del world.lio.ensure_target  # back to the class's method
     assert world.create("pvc-crash").volume_id == vid
     assert world.service.get(vid).state == "ready"  # type: ignore[union-attr]
 
@@ -267,8 +283,12 @@ def test_list_volumes_pages_with_real_tokens(world: World) -> None:
         grpc.StatusCode.ABORTED
 
 
-def test_capacity_and_validation(world: World) -> None:
+def test_capacity_and_validation(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    st = os.statvfs_result((4096, 4096, 1 << 20, 1 << 19, 1 << 19, 0, 0, 0, 0, 255))  # 4 GiB, 2 GiB free
+    monkeypatch.setattr("csi_iscsi.lio.pools.os.statvfs", lambda path: st)
+    world.service._pools["default"].overprovision = 1.0  # type: ignore[attr-defined]
     before = world.stub.GetCapacity(csi_pb2.GetCapacityRequest()).available_capacity
+    assert before == 2 * GiB - 4 * GiB // 20  # free space less the reserve (5% of the filesystem here)
     vid = world.create(size=100 * MiB).volume_id
     assert world.stub.GetCapacity(csi_pb2.GetCapacityRequest()).available_capacity == before - 100 * MiB
     other_zone = csi_pb2.GetCapacityRequest(accessible_topology=csi_pb2.Topology(
