@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from csi_iscsi.base.errors import InvalidArgument
+from csi_iscsi.base.redact import quoted
 from csi_iscsi.contract import AUTH_MODES, SecretKeys
 
 # Written to configfs and to iscsiadm as single tokens: printable ASCII, no whitespace.
@@ -28,7 +29,7 @@ class Chap:
 def chap_from_secrets(auth: str, secrets: dict[str, str], secret_ref: str) -> Chap | None:
     """The credentials `auth` (none, chap, mutual) needs, from a CSI secret map; values never in errors."""
     if auth not in AUTH_MODES:
-        raise InvalidArgument(f"authentication {auth!r} is not one of {list(AUTH_MODES)}")
+        raise InvalidArgument(f"authentication {quoted(auth)} is not one of {list(AUTH_MODES)}")
     if auth == "none":
         return None
     needed = [SecretKeys.USER, SecretKeys.PASSWORD]

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from csi_iscsi.base.errors import InvalidArgument
+from csi_iscsi.base.redact import quoted
 from csi_iscsi.csi import csi_pb2
 
 SUPPORTED_FSTYPES = ("ext4", "xfs")
@@ -38,14 +39,16 @@ class Requested:
 def check_fstype(fstype: str) -> str:
     fstype = fstype or DEFAULT_FSTYPE
     if fstype not in SUPPORTED_FSTYPES:
-        raise InvalidArgument(f"filesystem type {fstype!r} is not supported; use one of {sorted(SUPPORTED_FSTYPES)}")
+        raise InvalidArgument(f"filesystem type {quoted(fstype)} is not supported; "
+                              f"use one of {sorted(SUPPORTED_FSTYPES)}")
     return fstype
 
 
 def check_mount_flags(flags: Sequence[str]) -> list[str]:
     bad = [f for f in flags if f not in ALLOWED_MOUNT_FLAGS]
     if bad:
-        raise InvalidArgument(f"mount flags {bad} are not allowed; allowed: {sorted(ALLOWED_MOUNT_FLAGS)}")
+        shown = ", ".join(quoted(f, 40) for f in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise InvalidArgument(f"mount flags {shown} are not allowed; allowed: {sorted(ALLOWED_MOUNT_FLAGS)}")
     return list(flags)
 
 

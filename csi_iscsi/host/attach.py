@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from csi_iscsi.base.errors import CsiIscsiError, DeadlineExceeded, FailedPrecondition, Unavailable
+from csi_iscsi.base.faults import fault_point
 from csi_iscsi.chap import Chap
 from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
 from csi_iscsi.host.multipath import Multipath
@@ -55,6 +56,7 @@ class Attacher:
                chap: Chap | None = None) -> Attachment:
         for portal in portals:
             self._iscsiadm.create_node(target_iqn, portal, self._settings, chap)
+        fault_point("stage.after_records")
         failed: dict[str, str] = {}
 
         def login(portal: str) -> None:
@@ -72,15 +74,23 @@ class Attacher:
         for portal, why in failed.items():
             log.warning("login to %s on %s failed, continuing on the other paths: %s",
                         target_iqn, portal, why)
+        fault_point("stage.after_login")
 
         sessions = [s for s in self._scsi.iscsi_sessions() if s.target_iqn == target_iqn]
         for session in sessions:
             self._scsi.scan_lun(session.sid, lun)
         paths = [self._wait_for_device(session.sid, lun, wwid) for session in sessions]
         if self._multipath is None:
-            return Attachment(target_iqn, wwid, f"/dev/{paths[0]}", tuple(paths), tuple(failed))
-        device = self._multipath.wait_for_map(wwid, paths, self._timeouts.multipath_map)
-        return Attachment(target_iqn, wwid, str(device), tuple(paths), tuple(failed))
+            device = f"/dev/{paths[0]}"
+        else:
+            device = str(self._multipath.wait_for_map(wwid, paths, self._timeouts.multipath_map))
+        fault_point("stage.after_device")
+        return Attachment(target_iqn, wwid, device, tuple(paths), tuple(failed))
+
+    def live_paths(self, target_iqn: str, lun: int) -> list[str]:
+        """sdX of the LUN on every logged-in session of the target."""
+        return [d.name for s in self._scsi.iscsi_sessions() if s.target_iqn == target_iqn and s.logged_in
+                for d in self._scsi.devices(s.sid, lun)]
 
     def _wait_for_device(self, sid: int, lun: int, wwid: str) -> str:
         deadline = time.monotonic() + self._timeouts.device
@@ -99,19 +109,24 @@ class Attacher:
             time.sleep(self._poll)
 
     def detach(self, target_iqn: str, lun: int, wwid: str) -> None:
-        """Idempotent; touches only this target's sessions, devices, map and records."""
+        """Idempotent; touches only this target's sessions, devices, map and records; every step
+        within --detach-timeout in all."""
         deadline = time.monotonic() + self._timeouts.detach
         sessions = [s for s in self._scsi.iscsi_sessions() if s.target_iqn == target_iqn]
         devices = [d.name for s in sessions for d in self._scsi.devices(s.sid, lun)]
         if self._multipath is not None:
-            self._multipath.flush(wwid)
+            self._multipath.flush(wwid, deadline=deadline)
+        fault_point("unstage.after_flush")
         for device in devices:
             self._scsi.delete(device)
         while any(self._scsi.exists(d) for d in devices):
             if time.monotonic() > deadline:
                 raise DeadlineExceeded(f"SCSI devices {devices} of {target_iqn} did not go away")
             time.sleep(self._poll)
+        fault_point("unstage.after_devices")
         if sessions:
             self._iscsiadm.logout_target(target_iqn, timeout=max(1.0, deadline - time.monotonic()))
+        fault_point("unstage.after_logout")
         self._iscsiadm.delete_target_records(target_iqn)
+        fault_point("unstage.after_records")
 

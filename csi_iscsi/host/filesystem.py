@@ -1,21 +1,64 @@
-"""Filesystems on a volume's device: probe, create only on a blank device, mount, unmount."""
+"""Filesystems on a volume's device: probe, create only on a device proven blank, mount, unmount.
+
+"Blank" is proven, never assumed: `blkid -p` exits 2, printing nothing, both when it finds no
+signature and when it cannot read the device (EIO, ENOENT, EACCES), and mkfs.ext4 run without a
+terminal overwrites without asking. So a device is blank only when blkid finds nothing AND the
+driver itself read its first and last MiB (O_DIRECT, past any cache) without error and found only
+zeros. A read error fails the stage; data it cannot recognise fails it too. Neither formats.
+"""
 
 from __future__ import annotations
 
+import errno
+import mmap
+import os
+import stat
 from collections.abc import Sequence
 
-from csi_iscsi.base.errors import FailedPrecondition
+from csi_iscsi.base.errors import FailedPrecondition, Unavailable
 from csi_iscsi.base.runner import Runner
 from csi_iscsi.host.mounts import Mount, MountTable
 from csi_iscsi.volume_capabilities import SUPPORTED_FSTYPES, check_fstype
 
-BLKID_NOTHING_FOUND = 2
+BLKID_NOTHING_FOUND = 2  # ...or could not read: never enough on its own
+BLKID_AMBIVALENT = 8  # several signatures: certainly not blank
+EDGE = 1024 * 1024
 
+# mkfs.xfs refuses a device with any signature unless given -f (never passed). mke2fs has no such
+# switch and asks only on a terminal, so the driver's own proof above is what protects ext4.
 MKFS: dict[str, tuple[str, ...]] = {
     "ext4": ("mkfs.ext4", "-q"),
     "xfs": ("mkfs.xfs", "-q"),
 }
 assert set(MKFS) == set(SUPPORTED_FSTYPES)
+
+
+def read_edges_are_zero(device: str) -> bool:
+    """Whether the first and last MiB of device hold only zeros, read with O_DIRECT for a block
+    device (a regular file, as in tests, through the page cache). Any failure to read raises."""
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if stat.S_ISBLK(os.fstat(fd).st_mode):
+                direct = os.open(device, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+                os.close(fd)
+                fd = direct
+            size = os.lseek(fd, 0, os.SEEK_END)
+            buffer = mmap.mmap(-1, EDGE)  # page-aligned, as O_DIRECT wants
+            with buffer:
+                for offset in sorted({0, max(0, (size - EDGE) // 4096 * 4096)}):
+                    want = min(EDGE, size - offset)
+                    done = os.preadv(fd, [buffer], offset)
+                    if done != want:
+                        raise OSError(errno.EIO, f"short read: {done} of {want} bytes at offset {offset}")
+                    if buffer[:done] != bytes(done):
+                        return False
+            return True
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise Unavailable(f"cannot read {device} to prove it blank ({exc.strerror or exc}); it is not formatted: "
+                          "a device that cannot be read is never taken for an empty one") from None
 
 
 class Filesystems:
@@ -24,24 +67,32 @@ class Filesystems:
         self._mounts = mounts
 
     def signature(self, device: str) -> str | None:
-        """The filesystem, partition table or other signature on device, or None if it is blank."""
-        result = self._runner.run(["blkid", "-p", "-o", "export", device], ok_codes=(0, BLKID_NOTHING_FOUND))
+        """The filesystem, partition table or other signature blkid finds on device, else None
+        (which does not mean blank: see the module's note)."""
+        result = self._runner.run(["blkid", "-p", "-o", "export", device],
+                                  ok_codes=(0, BLKID_NOTHING_FOUND, BLKID_AMBIVALENT))
         if result.returncode == BLKID_NOTHING_FOUND:
             return None
+        if result.returncode == BLKID_AMBIVALENT:
+            return "several signatures"
         values = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
         return values.get("TYPE") or values.get("PTTYPE") or values.get("USAGE") or "unknown"
 
-    def ensure(self, device: str, fstype: str) -> str:
-        """The filesystem on device, made if the device is blank; a different one is an error."""
+    def ensure(self, device: str, fstype: str) -> tuple[str, bool]:
+        """(the filesystem on device, whether it was made now); made only on a device proven blank."""
         fstype = check_fstype(fstype)
         found = self.signature(device)
         if found is None:
+            if not read_edges_are_zero(device):
+                raise FailedPrecondition(
+                    f"{device} holds data that blkid does not recognise (its first or last MiB is not zero); "
+                    "refusing to format it. Check the volume, or wipe it deliberately if it is really unused")
             self._runner.run([*MKFS[fstype], device], timeout=600)
-            return fstype
+            return fstype, True
         if found != fstype:
             raise FailedPrecondition(
                 f"{device} holds {found!r}, not the requested {fstype!r}; it is left untouched")
-        return found
+        return found, False
 
     def mount(self, source: str, target: str, fstype: str, flags: Sequence[str] = ()) -> None:
         args = ["mount", "-t", fstype]
@@ -50,9 +101,12 @@ class Filesystems:
         self._runner.run([*args, source, target], timeout=120)
 
     def bind(self, source: str, target: str, readonly: bool = False) -> None:
-        self._runner.run(["mount", "--bind", source, target], timeout=60)
-        if readonly:
-            self._runner.run(["mount", "-o", "remount,bind,ro", target], timeout=60)
+        """One mount command even when read-only (util-linux applies ro to the new bind itself), so
+        no crash of this process can leave a read-write bind where a read-only one was asked for."""
+        self._runner.run(["mount", "--bind", *(["-o", "ro"] if readonly else []), source, target], timeout=60)
+
+    def remount_readonly(self, target: str) -> None:
+        self._runner.run(["mount", "-o", "remount,bind,ro", target], timeout=60)
 
     def umount(self, target: str) -> None:
         """Unmount every mount stacked on target."""
@@ -75,3 +129,45 @@ class Filesystems:
     def source_of(self, target: str) -> str | None:
         stacked = self._mounts.at(target)
         return stacked[-1].source if stacked else None
+
+    def mounted_from(self, target: str, device: str) -> bool:
+        """Whether the top mount at target is device's filesystem (by path, or by device number)."""
+        stacked = self._mounts.at(target)
+        if not stacked:
+            return False
+        top = stacked[-1]
+        if top.source == device:
+            return True
+        try:
+            st = os.stat(device)
+        except OSError:
+            return False
+        return stat.S_ISBLK(st.st_mode) and top.major_minor == f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+
+    def same_mount(self, a: Mount, b: Mount) -> bool:
+        """Two mounts of the same filesystem subtree (a bind of b, or b itself)."""
+        return a.major_minor == b.major_minor and a.root == b.root
+
+    def users(self, device: str) -> list[str]:
+        """Why device is in use, if it is: mounted (its filesystem, or its node bound into a pod) or
+        held open exclusively by the kernel (a mount, a dm map over it). Empty when it is not."""
+        reasons: list[str] = []
+        try:
+            st = os.stat(device)
+        except OSError:
+            return reasons
+        if not stat.S_ISBLK(st.st_mode):
+            return reasons
+        numbers = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+        node = "/" + os.path.basename(os.path.realpath(device))
+        for m in self._mounts.all():
+            if m.major_minor == numbers:
+                reasons.append(f"mounted at {m.target}")
+            elif m.fstype == "devtmpfs" and m.root == node:
+                reasons.append(f"bound at {m.target}")
+        try:
+            os.close(os.open(device, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC))
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                reasons.append("held open exclusively")
+        return reasons

@@ -78,17 +78,21 @@ class Multipath:
         """Make the map take the size its (rescanned) paths now report."""
         self._runner.run([MULTIPATHD, "resize", "map", wwid], timeout=60)
 
-    def flush(self, wwid: str, *, retries: int = 5, delay: float = 1.0) -> None:
-        """Flush and remove the map; waits for queued I/O, never drops it."""
-        for attempt in range(retries + 1):
+    def flush(self, wwid: str, *, deadline: float | None = None, delay: float = 1.0) -> None:
+        """Flush and remove the map; waits for queued I/O, never drops it. Retries a busy map until
+        deadline (a time.monotonic() value; default: 5 retries' worth) and then reports it busy."""
+        if deadline is None:
+            deadline = time.monotonic() + 5 * delay + 60
+        while True:
             if self.dm_name(wwid) is None:
                 return
+            left = deadline - time.monotonic()
             try:
-                self._runner.run([MULTIPATH, "-f", wwid], timeout=60)
+                self._runner.run([MULTIPATH, "-f", wwid], timeout=max(1.0, left))
                 return
             except CommandFailed as exc:
                 if self.dm_name(wwid) is None:
                     return
-                if attempt == retries:
-                    raise MapBusy(exc.argv, exc.returncode, exc.stderr, ()) from exc
+                if time.monotonic() + delay >= deadline:
+                    raise MapBusy(exc.argv, exc.returncode, exc.stderr, ()) from None
                 time.sleep(delay)

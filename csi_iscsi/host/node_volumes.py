@@ -1,25 +1,31 @@
 """What the node plugin does to a volume on this host: stage (attach + filesystem + mount at the
 staging path), publish into a pod (bind mount), and the reverse, in the order that loses no data.
-gRPC knows nothing of this module's internals; it only calls these methods."""
+Stage and publish are transactions: a call that fails undoes what it did before it returns, since
+kubelet never calls the reverse RPC after a final error. Fault points (csi_iscsi.base.faults) sit
+between the steps; docs/failure-modes.md says what each leaves and what converges it. gRPC knows
+nothing of this module's internals; it only calls these methods."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from csi_iscsi import contract
 from csi_iscsi.base.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from csi_iscsi.base.faults import fault_point
 from csi_iscsi.base.runner import CommandFailed, Runner
 from csi_iscsi.chap import Chap
 from csi_iscsi.host.api import TargetInfo, VolumeStats
 from csi_iscsi.host.attach import Attacher, Attachment
 from csi_iscsi.host.filesystem import Filesystems
 from csi_iscsi.host.iscsiadm import Iscsiadm
+from csi_iscsi.host.mounts import Mount
 from csi_iscsi.host.multipath import Multipath
 from csi_iscsi.host.scsi import Scsi
-from csi_iscsi.host.stage_state import STAGED, StageState, StageStateStore
+from csi_iscsi.host.stage_state import STAGED, UNSTAGING, StageState, StageStateStore
 
 log = logging.getLogger(__name__)
 
@@ -53,33 +59,78 @@ class NodeVolumes:
         log.warning("multipathd is not running: attaching over one path only (--multipath=preferred)")
         return False
 
+    def _is_volume_device(self, device: str, wwid: str, lun: int, target_iqn: str) -> bool:
+        """device exists, carries the volume's WWID, and at least one of its paths sits on a
+        logged-in session of the volume's target: what "attached" means after a reboot or a rescan,
+        when a recorded /dev/sdX may name another LUN or a local disk."""
+        if not device or not os.path.exists(device):
+            return False
+        live = set(self._attacher.live_paths(target_iqn, lun))
+        if self._multipath is not None and device == str(self._multipath.map_path(wwid)):
+            paths = self._multipath.slaves(wwid)
+            return bool(paths) and all(self._scsi.wwid(p) == wwid for p in paths) and bool(live & set(paths))
+        name = os.path.basename(os.path.realpath(device))
+        return self._scsi.wwid(name) == wwid and name in live
+
+    def _on_map(self, state: StageState) -> bool:
+        return self._multipath is not None and state.device == str(self._multipath.map_path(state.wwid))
+
+    def _still_staged(self, state: StageState) -> bool:
+        if not self._is_volume_device(state.device, state.wwid, state.lun, state.target_iqn):
+            return False
+        return state.access_type == "block" or self._fs.mounted_from(state.staging_path, state.device)
+
     def stage(self, volume_id: str, target: TargetInfo, staging_path: str, access_type: str, fs_type: str,
               mount_flags: list[str], chap: Chap | None) -> None:
-        state = self._states.get(volume_id)
-        if state is not None and state.phase == STAGED:
-            if state.staging_path != staging_path or state.access_type != access_type:
-                raise AlreadyExists(f"volume {volume_id} is already staged at {state.staging_path} as "
-                                    f"{state.access_type}")
-            if access_type == "block" or self._fs.source_of(staging_path) == state.device:
-                return  # already staged: idempotent
+        """Attach, make the filesystem if the device is proven blank, mount; a transaction: when any
+        step fails, what this call did is undone before the error returns (kubelet calls no
+        NodeUnstage after a final NodeStage error), except an attachment something uses."""
+        known = self._states.get(volume_id)
+        if known is not None and known.phase == STAGED:
+            if known.staging_path != staging_path or known.access_type != access_type:
+                raise AlreadyExists(f"volume {volume_id} is already staged at {known.staging_path} as "
+                                    f"{known.access_type}")
+            if self._still_staged(known):
+                return  # idempotent, and proven: the device is the volume's and a session carries it
+            log.info("volume %s is recorded as staged but its device %r is not attached any more (a reboot?); "
+                     "attaching it again", volume_id, known.device)
         state = StageState(volume_id, target.iqn, target.portals, target.lun, target.wwid, staging_path,
                            access_type, fs_type)
         self._states.put(state)  # before the first login: a crash from here on can be unstaged
-        if self._use_multipath():
-            attachment = self._attacher.attach(target.iqn, target.portals, target.lun, target.wwid, chap)
-        else:
-            attachment = self._attach_one_path(target, chap)
-        state.device = attachment.device
-        if access_type == "mount":
-            found = self._fs.ensure(attachment.device, fs_type)  # mkfs only on a blank device
-            Path(staging_path).mkdir(parents=True, exist_ok=True)
-            source = self._fs.source_of(staging_path)
-            if source is None:
-                self._fs.mount(attachment.device, staging_path, found, mount_flags)
-            elif source != attachment.device:
-                raise FailedPrecondition(f"{staging_path} already has {source} mounted on it")
-        state.phase = STAGED
-        self._states.put(state)
+        mounted_here = False
+        try:
+            fault_point("stage.after_state")
+            if self._use_multipath():
+                attachment = self._attacher.attach(target.iqn, target.portals, target.lun, target.wwid, chap)
+            else:
+                attachment = self._attach_one_path(target, chap)
+            state = replace(state, device=attachment.device)
+            self._states.put(state)
+            if access_type == "mount":
+                found, _made = self._fs.ensure(attachment.device, fs_type)  # mkfs only on a device proven blank
+                fault_point("stage.after_mkfs")
+                Path(staging_path).mkdir(parents=True, exist_ok=True)
+                if not self._fs.is_mounted(staging_path):
+                    self._fs.mount(attachment.device, staging_path, found, mount_flags)
+                    mounted_here = True
+                elif not self._fs.mounted_from(staging_path, attachment.device):
+                    raise FailedPrecondition(f"{staging_path} already has {self._fs.source_of(staging_path)} "
+                                             "mounted on it")
+                fault_point("stage.after_mount")
+            self._states.put(replace(state, phase=STAGED))
+        except BaseException:
+            self._undo_stage(state, mounted_here)
+            raise
+
+    def _undo_stage(self, state: StageState, mounted_here: bool) -> None:
+        try:
+            if mounted_here:
+                self._fs.umount(state.staging_path)
+            self._detach(state.volume_id, state)
+        except Exception as exc:
+            log.error("a failed NodeStageVolume of %s could not be undone (%s); what is left stays recorded in "
+                      "its stage state, and NodeUnstageVolume (or the next NodeStageVolume) clears it",
+                      state.volume_id, exc)
 
     def _attach_one_path(self, target: TargetInfo, chap: Chap | None) -> Attachment:
         """Without multipath, two sessions would give two /dev/sdX for one LUN: log in on one portal."""
@@ -92,22 +143,38 @@ class NodeVolumes:
                 self._single.detach(target.iqn, target.lun, target.wwid)
         raise FailedPrecondition("no portal could be attached: " + "; ".join(errors))
 
-    def unstage(self, volume_id: str, staging_path: str) -> None:
-        """Idempotent, needs no secrets, works without the state file; touches no other volume."""
-        state = self._states.get(volume_id)
-        self._fs.umount(staging_path)
+    def _detach(self, volume_id: str, state: StageState | None) -> None:
+        """The safe detach of everything of the volume's target on this host (sessions, devices, map,
+        node records), then its stage state; refused while the device is mounted or held."""
+        device = state.device if state else ""
+        wwid = state.wwid if state else contract.wwid(volume_id)
+        lun = state.lun if state else 0
+        for candidate in {device, f"/dev/mapper/{wwid}"} - {""}:
+            users = self._fs.users(candidate)
+            if users:
+                raise FailedPrecondition(f"volume {volume_id}'s device {candidate} is in use ({'; '.join(users)}); "
+                                         "not detaching it")
         iqns = {state.target_iqn} if state else set()
         iqns |= {s.target_iqn for s in self._scsi.iscsi_sessions() if s.target_iqn.endswith(":" + volume_id)}
-        wwid = state.wwid if state else ""
-        lun = state.lun if state else 0
         for iqn in sorted(iqns):
-            self._attacher.detach(iqn, lun, wwid or contract.wwid(volume_id))
+            self._attacher.detach(iqn, lun, wwid)
         if state is None:
             # No state: still forget node records this volume's target may have left behind.
             for iqn in self._iscsiadm.record_targets():
                 if iqn.endswith(":" + volume_id):
                     self._iscsiadm.delete_target_records(iqn)
-        self._states.remove(volume_id)  # the staging directory itself is the CO's: left in place
+        self._states.remove(volume_id)
+
+    def unstage(self, volume_id: str, staging_path: str) -> None:
+        """Idempotent, needs no secrets, works without the state file; touches no other volume."""
+        state = self._states.get(volume_id)
+        self._fs.umount(staging_path)
+        if state is not None and state.phase != UNSTAGING:
+            # From here the volume is not mounted where a publish would look: refuse publishes even
+            # if the detach below fails (a busy map) and the state stays.
+            self._states.put(replace(state, phase=UNSTAGING))
+        fault_point("unstage.after_umount")
+        self._detach(volume_id, state)  # the staging directory itself is the CO's: left in place
 
     def staged(self, volume_id: str) -> StageState | None:
         state = self._states.get(volume_id)
@@ -121,22 +188,63 @@ class NodeVolumes:
             raise FailedPrecondition(f"volume {volume_id} is not staged at {staging_path}; NodeStageVolume first")
         if state.access_type != access_type:
             raise InvalidArgument(f"volume {volume_id} was staged as {state.access_type}, not {access_type}")
-        source = state.device if access_type == "block" else staging_path
+        if access_type == "block":
+            if not self._is_volume_device(state.device, state.wwid, state.lun, state.target_iqn):
+                raise FailedPrecondition(f"volume {volume_id} is recorded as staged but {state.device} is not its "
+                                         "attached device any more; NodeStageVolume it again")
+            source = state.device
+        else:
+            # Never bind the bare staging directory: a pod would write into the node's disk.
+            if not self._fs.mounted_from(staging_path, state.device):
+                raise FailedPrecondition(f"volume {volume_id} is not mounted at {staging_path} (found "
+                                         f"{self._fs.source_of(staging_path)}); NodeStageVolume it again")
+            source = staging_path
         mounted = self._fs.mounts_at(target_path)
         if mounted:
-            top = mounted[-1]
-            if top.readonly != readonly:
-                raise AlreadyExists(f"{target_path} is already published with readonly={top.readonly}")
+            self._republish(volume_id, target_path, mounted[-1], readonly)
             return  # idempotent: never stack a second mount
+        target = Path(target_path)
+        created = not target.exists()
         if access_type == "block":
-            Path(target_path).parent.mkdir(parents=True, exist_ok=True)
-            Path(target_path).touch(exist_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch(exist_ok=True)
         else:
-            Path(target_path).mkdir(parents=True, exist_ok=True)
-        self._fs.bind(source, target_path, readonly=readonly)
+            target.mkdir(parents=True, exist_ok=True)
+        bound = False
+        try:
+            fault_point("node_publish.after_mkdir")
+            self._fs.bind(source, target_path, readonly=readonly)
+            bound = True
+            fault_point("node_publish.after_bind")
+        except BaseException:
+            try:
+                if bound:
+                    self._fs.umount(target_path)
+                if created:
+                    self._remove_path(target_path)
+            except Exception as exc:
+                log.error("undoing the failed NodePublishVolume at %s: %s", target_path, exc)
+            raise
+
+    def _republish(self, volume_id: str, target_path: str, top: Mount, readonly: bool) -> None:
+        if top.readonly == readonly:
+            return
+        if readonly:
+            # A rw bind where ro was asked: what a crash between a bind and its remount left, or a
+            # CO retrying with the same path. Making it read-only narrows access; never the reverse.
+            log.warning("%s is published read-write, read-only is asked for: remounting it read-only", target_path)
+            self._fs.remount_readonly(target_path)
+            return
+        raise AlreadyExists(f"{target_path} is already published read-only; volume {volume_id} cannot be "
+                            "published read-write there")
 
     def unpublish(self, target_path: str) -> None:
         self._fs.umount(target_path)
+        fault_point("node_unpublish.after_umount")
+        self._remove_path(target_path)
+
+    @staticmethod
+    def _remove_path(target_path: str) -> None:
         path = Path(target_path)
         with contextlib.suppress(FileNotFoundError):
             if path.is_dir() and not path.is_symlink():
@@ -156,9 +264,12 @@ class NodeVolumes:
         paths = [d.name for s in sessions for d in self._scsi.devices(s.sid, state.lun)]
         for path in paths:
             self._scsi.rescan(path)
-        if self._multipath is not None and state.device.startswith("/dev/mapper/"):
-            self._multipath.resize(state.wwid)
-            size = self._multipath.size_bytes(state.wwid)
+        fault_point("node_expand.after_rescan")
+        multipath = self._multipath
+        if multipath is not None and self._on_map(state):
+            multipath.resize(state.wwid)
+            fault_point("node_expand.after_resize")
+            size = multipath.size_bytes(state.wwid)
         else:
             size = self._scsi.size_bytes(paths[0]) if paths else 0
         if state.access_type == "mount":
@@ -192,7 +303,7 @@ class NodeVolumes:
     def _condition(self, state: StageState) -> tuple[bool, str]:
         if not os.path.exists(state.device):
             return True, f"device {state.device} is gone"
-        if self._multipath is None or not state.device.startswith("/dev/mapper/"):
+        if not self._on_map(state):
             return False, "single path, device present"
         try:
             out = self._runner.run(["multipathd", "show", "paths", "raw", "format", "%w %d %t %T"],

@@ -22,6 +22,11 @@ class IscsiSession:
     sid: int
     portal: str
     target_iqn: str
+    state: str = "unknown"  # the kernel's: LOGGED_IN, FAILED (recovering), FREE
+
+    @property
+    def logged_in(self) -> bool:
+        return self.state == "LOGGED_IN"
 
 
 class Scsi:
@@ -40,8 +45,12 @@ class Scsi:
                 port = (conn / "persistent_port").read_text().strip()
             except OSError:
                 continue  # a session going away while we look
+            try:
+                state = (session / "state").read_text().strip()
+            except OSError:
+                state = "unknown"
             host = f"[{address}]" if ":" in address else address
-            found.append(IscsiSession(sid, f"{host}:{port}", iqn))
+            found.append(IscsiSession(sid, f"{host}:{port}", iqn, state))
         return found
 
     def _session_dir(self, sid: int) -> Path:

@@ -11,10 +11,12 @@ from pathlib import Path
 from csi_iscsi.base.atomic import remove_durably, write_json_atomic
 from csi_iscsi.contract import is_volume_id
 
-ATTACHING, STAGED = "attaching", "staged"
+# attaching: a stage is in progress (or died); staged: done; unstaging: the staging mount is gone and
+# the detach is under way, so nothing may be published from this volume any more.
+ATTACHING, STAGED, UNSTAGING = "attaching", "staged", "unstaging"
 
 
-@dataclass
+@dataclass(frozen=True)
 class StageState:
     volume_id: str
     target_iqn: str

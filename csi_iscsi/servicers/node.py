@@ -11,6 +11,7 @@ import grpc
 from csi_iscsi import contract
 from csi_iscsi.base.errors import InvalidArgument, NotFound
 from csi_iscsi.base.locks import VolumeLocks
+from csi_iscsi.base.redact import quoted
 from csi_iscsi.chap import chap_from_secrets
 from csi_iscsi.contract import TOPOLOGY_KEY, NodeId, PublishContext, VolumeContext
 from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
@@ -46,11 +47,11 @@ def _known_volume_at(volume_id: str, volume_path: str) -> tuple[str, str]:
     if not volume_path:
         raise InvalidArgument("volume_path is required")
     if not contract.is_volume_id(volume_id):
-        raise NotFound(f"volume {volume_id!r} is not a csi-iscsi volume")
+        raise NotFound(f"volume {quoted(volume_id)} is not a csi-iscsi volume")
     try:
         return volume_id, _path(volume_path, "volume_path")
     except InvalidArgument:
-        raise NotFound(f"volume_path {volume_path!r} is not where this volume is published") from None
+        raise NotFound(f"volume_path {quoted(volume_path)} is not where this volume is published") from None
 
 
 def _volume_id(value: str) -> str:
@@ -66,14 +67,14 @@ def _target(volume_id: str, publish: dict[str, str], volume: dict[str, str]) -> 
     iqn, portals, lun, wwid = (get(VolumeContext.TARGET_IQN), get(VolumeContext.PORTALS), get(VolumeContext.LUN),
                                get(VolumeContext.WWID))
     if not contract.is_iqn(iqn) or not iqn.endswith(":" + volume_id):
-        raise InvalidArgument(f"publish_context targetIQN {iqn!r} is not this volume's target")
+        raise InvalidArgument(f"publish_context targetIQN {quoted(iqn)} is not this volume's target")
     portal_list = [p for p in portals.split(",") if p]
     if not portal_list or not all(contract.is_portal(p) for p in portal_list):
-        raise InvalidArgument(f"publish_context portals {portals!r} must be ip:port[,ip:port...]")
+        raise InvalidArgument(f"publish_context portals {quoted(portals)} must be ip:port[,ip:port...]")
     if not lun.isdigit() or int(lun) > 16383:
-        raise InvalidArgument(f"publish_context lun {lun!r} is not a LUN number")
+        raise InvalidArgument(f"publish_context lun {quoted(lun)} is not a LUN number")
     if not _WWID.fullmatch(wwid) or wwid != contract.wwid(volume_id):
-        raise InvalidArgument(f"publish_context wwid {wwid!r} is not this volume's WWID")
+        raise InvalidArgument(f"publish_context wwid {quoted(wwid)} is not this volume's WWID")
     return TargetInfo(iqn, portal_list, int(lun), wwid)
 
 
@@ -91,7 +92,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
             raise InvalidArgument("volume_capability is required")
         cap = check_one(request.volume_capability)
         if not contract.is_volume_id(volume_id):
-            raise NotFound(f"volume {volume_id!r} is not a csi-iscsi volume")
+            raise NotFound(f"volume {quoted(volume_id)} is not a csi-iscsi volume")
         publish, volume = dict(request.publish_context), dict(request.volume_context)
         target = _target(volume_id, publish, volume)
         chap = chap_from_secrets(publish.get(PublishContext.AUTH, "none"), dict(request.secrets),
@@ -118,7 +119,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         staging = _path(request.staging_target_path, "staging_target_path")
         cap = check_one(request.volume_capability)
         if not contract.is_volume_id(volume_id):
-            raise NotFound(f"volume {volume_id!r} is not a csi-iscsi volume")
+            raise NotFound(f"volume {quoted(volume_id)} is not a csi-iscsi volume")
         readonly = request.readonly or request.volume_capability.access_mode.mode in READONLY_MODES
         with self._locks.hold(volume_id, "NodePublishVolume"):
             self.volumes.publish(volume_id, staging, target, cap.access_type, readonly)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from csi_iscsi.base.errors import FailedPrecondition, InvalidArgument
+from csi_iscsi.base.errors import FailedPrecondition, InvalidArgument, Unavailable
 from csi_iscsi.host.filesystem import Filesystems
 from csi_iscsi.host.mounts import MountTable, parse_mountinfo
 from csi_iscsi.volume_capabilities import check_fstype, check_mount_flags
@@ -33,8 +33,32 @@ def fs_with(tmp_path: Path, runner: FakeRunner) -> Filesystems:
 def test_blank_device_gets_a_filesystem(tmp_path: Path) -> None:
     runner = FakeRunner()
     runner.on(["blkid"], returncode=2)
-    assert fs_with(tmp_path, runner).ensure("/dev/mapper/x", "xfs") == "xfs"
-    assert runner.calls[-1] == ("mkfs.xfs", "-q", "/dev/mapper/x")
+    device = tmp_path / "blank.img"
+    device.write_bytes(bytes(3 * 1024 * 1024))
+    assert fs_with(tmp_path, runner).ensure(str(device), "xfs") == ("xfs", True)
+    assert runner.calls[-1] == ("mkfs.xfs", "-q", str(device))
+
+
+@pytest.mark.parametrize("where", [0, 3 * 1024 * 1024 - 1])
+def test_data_at_either_end_that_blkid_misses_blocks_mkfs(tmp_path: Path, where: int) -> None:
+    runner = FakeRunner()
+    runner.on(["blkid"], returncode=2)
+    device = tmp_path / "data.img"
+    device.write_bytes(bytes(3 * 1024 * 1024))
+    with open(device, "r+b") as f:
+        f.seek(where)
+        f.write(b"\x01")
+    with pytest.raises(FailedPrecondition, match="does not recognise"):
+        fs_with(tmp_path, runner).ensure(str(device), "ext4")
+    assert not any(c[0].startswith("mkfs") for c in runner.calls)
+
+
+def test_an_unreadable_device_is_unavailable_and_never_formatted(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    runner.on(["blkid"], returncode=2)  # what blkid answers when it cannot read
+    with pytest.raises(Unavailable, match="never taken for an empty one"):
+        fs_with(tmp_path, runner).ensure(str(tmp_path / "gone"), "ext4")
+    assert not any(c[0].startswith("mkfs") for c in runner.calls)
 
 
 @pytest.mark.parametrize("found", ["TYPE=ext4", "PTTYPE=gpt", "TYPE=LVM2_member", "USAGE=raid"])
@@ -50,7 +74,7 @@ def test_any_signature_blocks_mkfs(tmp_path: Path, found: str) -> None:
 def test_matching_filesystem_is_kept(tmp_path: Path) -> None:
     runner = FakeRunner()
     runner.on(["blkid"], stdout="TYPE=ext4\n")
-    assert fs_with(tmp_path, runner).ensure("/dev/x", "ext4") == "ext4"
+    assert fs_with(tmp_path, runner).ensure("/dev/x", "ext4") == ("ext4", False)
     assert [c[0] for c in runner.calls] == ["blkid"]
 
 

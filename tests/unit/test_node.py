@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +50,8 @@ class NodeWorld:
         self.sys = make_sysfs(tmp, 1, 3, {"sdb": (0, WWID)}, IQN, PORTALS[0])
         make_sysfs(tmp, 2, 4, {"sdc": (0, WWID)}, IQN, PORTALS[1])
         self._session_names(present=False)
+        for name in ("sdb", "sdc"):  # no devices before a login brings them
+            shutil.rmtree(self.sys / "block" / name)
         self.dev = tmp / "dev"
         (self.dev / "mapper").mkdir(parents=True)
         (self.dev / "dm-0").write_text("")
@@ -82,10 +85,13 @@ class NodeWorld:
         """The kernel's view of the two sessions: there after a login, gone after the logout."""
         for sid in (1, 2):
             name = self.sys / "class/iscsi_session" / f"session{sid}" / "targetname"
+            state = name.with_name("state")
             if present:
                 name.write_text(IQN + "\n")
+                state.write_text("LOGGED_IN\n")
             else:
                 name.unlink(missing_ok=True)
+                state.unlink(missing_ok=True)
 
     def respond(self, argv: tuple[str, ...]) -> tuple[int, str] | None:
         if argv[0] == "iscsiadm" and "--login" in argv:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import grpc
@@ -23,6 +24,7 @@ def make_sysfs(root: Path, sid: int, host: int, devices: dict[str, tuple[int, st
     os.symlink(session, sys_ / "class/iscsi_session" / f"session{sid}" / "device")
     if target:
         (sys_ / "class/iscsi_session" / f"session{sid}" / "targetname").write_text(target + "\n")
+        (sys_ / "class/iscsi_session" / f"session{sid}" / "state").write_text("LOGGED_IN\n")
         conn = sys_ / "class/iscsi_connection" / f"connection{sid}:0"
         conn.mkdir(parents=True)
         address, port = portal.rsplit(":", 1)
@@ -94,9 +96,11 @@ def test_flush_retries_and_then_reports_busy(tmp_path: Path) -> None:
     runner = FakeRunner()
     runner.on(["multipath", "-f"], returncode=1)
     mp = Multipath(runner, dev=dev, sysfs=sys_)
+    start = time.monotonic()
     with pytest.raises(MapBusy):
-        mp.flush(WWID, retries=2, delay=0)
-    assert runner.calls.count(("multipath", "-f", WWID)) == 3
+        mp.flush(WWID, deadline=time.monotonic() + 0.35, delay=0.1)
+    assert 0.2 < time.monotonic() - start < 1
+    assert 2 <= runner.calls.count(("multipath", "-f", WWID)) <= 4
 
 
 def test_flush_of_a_missing_map_runs_nothing(tmp_path: Path) -> None:
