@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from csi_iscsi.base.errors import InvalidArgument
 from csi_iscsi.base.redact import quoted
@@ -18,9 +18,9 @@ class Chap:
     """user/password: the initiator proves itself; mutual_*: the target proves itself back."""
 
     user: str
-    password: str
+    password: str = field(repr=False)
     mutual_user: str = ""
-    mutual_password: str = ""
+    mutual_password: str = field(default="", repr=False)
 
     def secrets(self) -> tuple[str, ...]:
         return tuple(s for s in (self.password, self.mutual_password) if s)

@@ -35,7 +35,7 @@ from csi_iscsi.host.node_volumes import NodeVolumes
 from csi_iscsi.host.readiness import node_ready
 from csi_iscsi.host.scsi import Scsi
 from csi_iscsi.host.stage_state import StageStateStore
-from csi_iscsi.lio.pools import Pool, parse_pool_spec
+from csi_iscsi.lio.pools import FileioPool, Pool, parse_pool_spec
 from csi_iscsi.lio.saveconfig import DEBIAN_SAVE_FILE, SavedConfig
 from csi_iscsi.lio.service import LioTargetService
 from csi_iscsi.server import CsiServer, Services
@@ -131,14 +131,17 @@ def _node_volumes(args: argparse.Namespace, runner: SubprocessRunner, identity: 
                               detach=args.detach_timeout)
     mountinfo = Path(f"/proc/{args.host_pid}/mountinfo") if args.host_pid else Path("/proc/self/mountinfo")
     iscsiadm, scsi = Iscsiadm(runner), Scsi()
-    multipath = None if args.multipath == "off" else Multipath(runner)
+    # maps: even with --multipath=off a multipathd on the node may build a map over the one path;
+    # detach flushes a map named by the volume's WWID whatever the mode, so none is left orphaned.
+    maps = Multipath(runner)
+    multipath = None if args.multipath == "off" else maps
     return NodeVolumes(
         runner, iscsiadm, scsi, multipath,
-        attacher=Attacher(iscsiadm, scsi, multipath, settings, timeouts),
-        single_path_attacher=Attacher(iscsiadm, scsi, None, settings, timeouts),
-        fs=Filesystems(runner, MountTable(mountinfo)),
+        attacher=Attacher(iscsiadm, scsi, multipath, settings, timeouts, maps=maps),
+        single_path_attacher=Attacher(iscsiadm, scsi, None, settings, timeouts, maps=maps),
+        fs=Filesystems(runner, MountTable(mountinfo), probe_timeout=args.device_timeout),
         states=StageStateStore(args.state_dir / "node" / "volumes"),
-        multipath_mode=args.multipath)
+        multipath_mode=args.multipath, maps=maps)
 
 
 def build_services(args: argparse.Namespace) -> Services:
@@ -158,10 +161,19 @@ def build_services(args: argparse.Namespace) -> Services:
                                 "(lowercase, no colon): the target IQN <prefix>:<volume id> must be a valid IQN")
         specs = args.pool or ["name=default,type=fileio,path=/var/lib/csi-iscsi/pool"]
         pools: dict[str, Pool] = {}
+        fileio_filesystems: dict[int, str] = {}
         for spec in specs:
             pool = parse_pool_spec(spec, runner)
             if pool.name in pools:
                 raise CsiIscsiError(f"pool {pool.name} is configured twice")
+            if isinstance(pool, FileioPool):
+                # Each pool counts its own sparse files' claims against the filesystem's free space;
+                # two on one filesystem would both promise the same bytes.
+                device = os.stat(pool.directory).st_dev
+                if device in fileio_filesystems:
+                    raise CsiIscsiError(f"fileio pools {fileio_filesystems[device]} and {pool.name} are on one "
+                                        "filesystem; give each its own filesystem, or use one pool")
+                fileio_filesystems[device] = pool.name
             pools[pool.name] = pool
         owned.append(_own(args.state_dir / "controller", "controller"))
         target = LioTargetService(pools, args.portal, args.state_dir / "controller", SavedConfig(args.saveconfig),

@@ -67,9 +67,12 @@ AUTH_MODES = ("none", "chap", "mutual")
 VOLUME_ID_RE = re.compile(r"^csi-[0-9a-f]{32}$")
 # Kubernetes node names are DNS subdomains.
 NODE_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-# RFC 3720 names: iqn.yyyy-mm.reversed.domain[:anything printable without spaces], or eui.16 hex.
+# RFC 3720 names after RFC 3722's normalisation: lowercase letters, digits, '-', '.' and ':', as
+# iqn.yyyy-mm.reversed.domain[:suffix] or eui. and 16 hex digits. LIO keeps (and rtslib writes)
+# every initiator name lowercased, so the driver compares, records and presents names only in that
+# form: a name in another case is normalised once, where it enters (normalize_iqn).
 IQN_RE = re.compile(
-    r"^(iqn\.\d{4}-\d{2}\.[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[A-Za-z0-9.:_-]+)?|eui\.[0-9A-F]{16})$")
+    r"^(iqn\.\d{4}-\d{2}\.[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[a-z0-9.:-]+)?|eui\.[0-9a-f]{16})$")
 IQN_MAX_BYTES = 223
 NODE_ID_MAX_BYTES = 256
 PORTAL_RE = re.compile(r"^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):\d{1,5}$")
@@ -101,7 +104,14 @@ def target_iqn(volume_id: str, prefix: str = DEFAULT_TARGET_IQN_PREFIX) -> str:
 
 
 def is_iqn(value: str) -> bool:
+    """Whether value is an iSCSI name in its normal (lowercase) form."""
     return len(value.encode()) <= IQN_MAX_BYTES and bool(IQN_RE.fullmatch(value))
+
+
+def normalize_iqn(value: str) -> str | None:
+    """The normal form of an iSCSI name (lowercased, as LIO keeps it), or None if it is not one."""
+    lowered = value.strip().lower()
+    return lowered if is_iqn(lowered) else None
 
 
 def is_target_iqn_prefix(prefix: str) -> bool:
@@ -132,7 +142,8 @@ class NodeId:
         """The NodeId in value, or None when value cannot be one of ours."""
         if len(value.encode()) > NODE_ID_MAX_BYTES or value.count("/") != 1:
             return None
-        name, iqn = value.split("/")
-        if not NODE_NAME_RE.fullmatch(name) or not is_iqn(iqn):
+        name, raw_iqn = value.split("/")
+        iqn = normalize_iqn(raw_iqn)
+        if not NODE_NAME_RE.fullmatch(name) or iqn is None:
             return None
         return cls(name, iqn)

@@ -15,6 +15,12 @@ from csi_iscsi.base.errors import status_for
 from csi_iscsi.masking import message_for_log
 
 log = logging.getLogger("csi_iscsi.rpc")
+LOGGED_MESSAGE_LIMIT = 4096  # a request field can be any size; a log line stays readable
+
+
+def _shown(message: Any) -> str:
+    text = message_for_log(message)
+    return text if len(text) <= LOGGED_MESSAGE_LIMIT else f"{text[:LOGGED_MESSAGE_LIMIT]}... ({len(text)} characters)"
 
 RPC_SECONDS = Histogram("csi_iscsi_rpc_duration_seconds", "CSI calls by method and status code",
                         ["method", "code"])
@@ -31,7 +37,7 @@ class CsiInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.monotonic()
             quiet = method in ("Probe", "NodeGetCapabilities", "ControllerGetCapabilities")
-            (log.debug if quiet else log.info)("%s request: %s", method, message_for_log(request))
+            (log.debug if quiet else log.info)("%s request: %s", method, _shown(request))
             try:
                 response = behavior(request, context)
             except NotImplementedError:
@@ -43,7 +49,7 @@ class CsiInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             else:
                 RPC_SECONDS.labels(method, "OK").observe(time.monotonic() - start)
                 (log.debug if quiet else log.info)(
-                    "%s ok in %.3f s: %s", method, time.monotonic() - start, message_for_log(response))
+                    "%s ok in %.3f s: %s", method, time.monotonic() - start, _shown(response))
                 return response
             RPC_SECONDS.labels(method, code.name).observe(time.monotonic() - start)
             log.warning("%s -> %s in %.3f s: %s", method, code.name, time.monotonic() - start, text)

@@ -99,14 +99,15 @@ class FakeLio:
     def target_exists(self, iqn: str) -> bool:
         return iqn in self.targets
 
+    # rtslib keeps every NodeACL name lowercased (utils._cleanse_wwn), and so does this fake.
     def grant(self, iqn: str, initiator: str, *, readonly: bool = False, chap: object = None) -> None:
         self._call("grant")
-        self.targets[iqn]["acls"][initiator] = {"readonly": readonly, "chap": chap}  # type: ignore[index]
+        self.targets[iqn]["acls"][initiator.lower()] = {"readonly": readonly, "chap": chap}  # type: ignore[index]
 
     def revoke(self, iqn: str, initiator: str) -> bool:
         self._call("revoke")
         if iqn in self.targets:
-            return self.targets[iqn]["acls"].pop(initiator, None) is not None  # type: ignore[attr-defined]
+            return self.targets[iqn]["acls"].pop(initiator.lower(), None) is not None  # type: ignore[attr-defined]
         return False
 
     def initiators(self, iqn: str) -> list[str]:
@@ -119,8 +120,8 @@ class FakeLio:
                 {"wwn": iqn, "fabric": "iscsi", "state": repr(target)} if target else None)
 
     def dump_acl(self, iqn: str, initiator: str) -> dict[str, object] | None:
-        acl = self.targets.get(iqn, {}).get("acls", {}).get(initiator)  # type: ignore[attr-defined]
-        return {"node_wwn": initiator, "readonly": acl["readonly"]} if acl else None
+        acl = self.targets.get(iqn, {}).get("acls", {}).get(initiator.lower())  # type: ignore[attr-defined]
+        return {"node_wwn": initiator.lower(), "readonly": acl["readonly"]} if acl else None
 
     def restore(self, so_dump: dict[str, object] | None, target_dump: dict[str, object] | None) -> list[str]:
         self._call("restore")

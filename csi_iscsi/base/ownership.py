@@ -44,7 +44,7 @@ class StateDirLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             waited_since = time.monotonic()
-            last_log = 0.0
+            last_log = float("-inf")
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -19,7 +19,7 @@ from csi_iscsi.base.faults import fault_point
 from csi_iscsi.chap import Chap
 from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
 from csi_iscsi.host.multipath import Multipath
-from csi_iscsi.host.scsi import Scsi
+from csi_iscsi.host.scsi import IscsiSession, Scsi
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,14 @@ class Attachment:
 class Attacher:
     def __init__(self, iscsiadm: Iscsiadm, scsi: Scsi, multipath: Multipath | None,
                  settings: SessionSettings, timeouts: AttachTimeouts | None = None,
-                 poll_interval: float = 0.02) -> None:
+                 poll_interval: float = 0.02, maps: Multipath | None = None) -> None:
+        """multipath: assemble the map on attach (None: use one path). maps: what detach uses to
+        flush a map named by the volume's WWID, which multipathd may have built over a single path
+        all the same (default: multipath)."""
         self._iscsiadm = iscsiadm
         self._scsi = scsi
         self._multipath = multipath
+        self._maps = maps if maps is not None else multipath
         self._settings = settings
         self._timeouts = timeouts or AttachTimeouts()
         self._poll = poll_interval
@@ -68,7 +72,10 @@ class Attacher:
         with ThreadPoolExecutor(max_workers=max(1, len(portals))) as pool:
             list(pool.map(login, portals))
         if len(failed) == len(portals):
-            self._iscsiadm.delete_target_records(target_iqn)
+            try:
+                self.delete_records(target_iqn)
+            except CsiIscsiError as exc:  # the login's error is the one to report
+                log.warning("deleting the records of %s after every login failed: %s", target_iqn, exc)
             raise Unavailable(f"login to {target_iqn} failed on every portal: "
                               + "; ".join(f"{p}: {why}" for p, why in failed.items()))
         for portal, why in failed.items():
@@ -76,7 +83,7 @@ class Attacher:
                         target_iqn, portal, why)
         fault_point("stage.after_login")
 
-        sessions = [s for s in self._scsi.iscsi_sessions() if s.target_iqn == target_iqn]
+        sessions = self.sessions(target_iqn)
         for session in sessions:
             self._scsi.scan_lun(session.sid, lun)
         paths = [self._wait_for_device(session.sid, lun, wwid) for session in sessions]
@@ -87,10 +94,19 @@ class Attacher:
         fault_point("stage.after_device")
         return Attachment(target_iqn, wwid, device, tuple(paths), tuple(failed))
 
+    def sessions(self, target_iqn: str = "") -> list[IscsiSession]:
+        """This node's sessions (of target_iqn, or of any target): those presenting this node's
+        initiator name, so that nodes sharing one iscsid never act on each other's."""
+        mine = self._settings.initiator_name.lower()
+        return [s for s in self._scsi.iscsi_sessions()
+                if (not target_iqn or s.target_iqn == target_iqn) and (not mine or s.initiator in ("", mine))]
+
     def live_paths(self, target_iqn: str, lun: int) -> list[str]:
         """sdX of the LUN on every logged-in session of the target."""
-        return [d.name for s in self._scsi.iscsi_sessions() if s.target_iqn == target_iqn and s.logged_in
-                for d in self._scsi.devices(s.sid, lun)]
+        return [d.name for s in self.sessions(target_iqn) if s.logged_in for d in self._scsi.devices(s.sid, lun)]
+
+    def delete_records(self, target_iqn: str) -> None:
+        self._iscsiadm.delete_target_records(target_iqn, iface=self._settings.iface)
 
     def _wait_for_device(self, sid: int, lun: int, wwid: str) -> str:
         deadline = time.monotonic() + self._timeouts.device
@@ -112,10 +128,10 @@ class Attacher:
         """Idempotent; touches only this target's sessions, devices, map and records; every step
         within --detach-timeout in all."""
         deadline = time.monotonic() + self._timeouts.detach
-        sessions = [s for s in self._scsi.iscsi_sessions() if s.target_iqn == target_iqn]
+        sessions = self.sessions(target_iqn)
         devices = [d.name for s in sessions for d in self._scsi.devices(s.sid, lun)]
-        if self._multipath is not None:
-            self._multipath.flush(wwid, deadline=deadline)
+        if self._maps is not None:
+            self._maps.flush(wwid, deadline=deadline)
         fault_point("unstage.after_flush")
         for device in devices:
             self._scsi.delete(device)
@@ -125,8 +141,9 @@ class Attacher:
             time.sleep(self._poll)
         fault_point("unstage.after_devices")
         if sessions:
-            self._iscsiadm.logout_target(target_iqn, timeout=max(1.0, deadline - time.monotonic()))
+            self._iscsiadm.logout_target(target_iqn, timeout=max(1.0, deadline - time.monotonic()),
+                                         iface=self._settings.iface)
         fault_point("unstage.after_logout")
-        self._iscsiadm.delete_target_records(target_iqn)
+        self.delete_records(target_iqn)
         fault_point("unstage.after_records")
 

@@ -13,7 +13,8 @@ import errno
 import mmap
 import os
 import stat
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 from csi_iscsi.base.errors import FailedPrecondition, Unavailable
 from csi_iscsi.base.runner import Runner
@@ -33,9 +34,33 @@ MKFS: dict[str, tuple[str, ...]] = {
 assert set(MKFS) == set(SUPPORTED_FSTYPES)
 
 
-def read_edges_are_zero(device: str) -> bool:
+def read_edges_are_zero(device: str, timeout: float = 30.0) -> bool:
     """Whether the first and last MiB of device hold only zeros, read with O_DIRECT for a block
-    device (a regular file, as in tests, through the page cache). Any failure to read raises."""
+    device (a regular file, as in tests, through the page cache). Any failure to read raises, and
+    so does a read still unanswered after timeout: I/O to a LUN whose backing store fails can
+    stay queued in dm-multipath indefinitely, and a thread in such a read cannot be interrupted,
+    so the read runs in a thread of its own that is left behind when it hangs."""
+    outcome: list[bool | BaseException] = []
+
+    def read() -> None:
+        try:
+            outcome.append(_edges_are_zero(device))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, name=f"blank-check {device}", daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not outcome:
+        raise Unavailable(f"reading {device} to prove it blank did not finish within {timeout:g} s (I/O queued or "
+                          "failing on every path?); it is not formatted")
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _edges_are_zero(device: str) -> bool:
     try:
         fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -62,15 +87,16 @@ def read_edges_are_zero(device: str) -> bool:
 
 
 class Filesystems:
-    def __init__(self, runner: Runner, mounts: MountTable) -> None:
+    def __init__(self, runner: Runner, mounts: MountTable, probe_timeout: float = 30.0) -> None:
         self._runner = runner
         self._mounts = mounts
+        self._probe_timeout = probe_timeout  # blkid and the blank proof: a device that does not answer is not blank
 
     def signature(self, device: str) -> str | None:
         """The filesystem, partition table or other signature blkid finds on device, else None
         (which does not mean blank: see the module's note)."""
         result = self._runner.run(["blkid", "-p", "-o", "export", device],
-                                  ok_codes=(0, BLKID_NOTHING_FOUND, BLKID_AMBIVALENT))
+                                  ok_codes=(0, BLKID_NOTHING_FOUND, BLKID_AMBIVALENT), timeout=self._probe_timeout)
         if result.returncode == BLKID_NOTHING_FOUND:
             return None
         if result.returncode == BLKID_AMBIVALENT:
@@ -78,15 +104,19 @@ class Filesystems:
         values = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
         return values.get("TYPE") or values.get("PTTYPE") or values.get("USAGE") or "unknown"
 
-    def ensure(self, device: str, fstype: str) -> tuple[str, bool]:
-        """(the filesystem on device, whether it was made now); made only on a device proven blank."""
+    def ensure(self, device: str, fstype: str, *, on_mkfs: Callable[[], None] = lambda: None,
+               resume_mkfs: bool = False) -> tuple[str, bool]:
+        """(the filesystem on device, whether it was made now); made only on a device proven blank,
+        or (resume_mkfs) one whose only writer since it was proven blank was a mkfs cut short.
+        on_mkfs runs just before mkfs, so the caller can record that one is under way."""
         fstype = check_fstype(fstype)
         found = self.signature(device)
         if found is None:
-            if not read_edges_are_zero(device):
+            if not resume_mkfs and not read_edges_are_zero(device, self._probe_timeout):
                 raise FailedPrecondition(
                     f"{device} holds data that blkid does not recognise (its first or last MiB is not zero); "
                     "refusing to format it. Check the volume, or wipe it deliberately if it is really unused")
+            on_mkfs()
             self._runner.run([*MKFS[fstype], device], timeout=600)
             return fstype, True
         if found != fstype:
@@ -108,10 +138,14 @@ class Filesystems:
     def remount_readonly(self, target: str) -> None:
         self._runner.run(["mount", "-o", "remount,bind,ro", target], timeout=60)
 
-    def umount(self, target: str) -> None:
-        """Unmount every mount stacked on target."""
-        while self._mounts.at(target):
+    def umount(self, target: str, most: int = 16) -> None:
+        """Unmount every mount stacked on target (at most `most` of them)."""
+        for _ in range(most):
+            if not self._mounts.at(target):
+                return
             self._runner.run(["umount", target], timeout=120)
+        if self._mounts.at(target):
+            raise FailedPrecondition(f"{target} still has mounts after {most} unmounts; look at it by hand")
 
     def grow(self, device: str, fstype: str, mountpoint: str) -> None:
         """Grow a mounted filesystem to its (already grown) device, online."""
@@ -148,9 +182,10 @@ class Filesystems:
         """Two mounts of the same filesystem subtree (a bind of b, or b itself)."""
         return a.major_minor == b.major_minor and a.root == b.root
 
-    def users(self, device: str) -> list[str]:
-        """Why device is in use, if it is: mounted (its filesystem, or its node bound into a pod) or
-        held open exclusively by the kernel (a mount, a dm map over it). Empty when it is not."""
+    def users(self, device: str, allowed_holders: Sequence[str] = ()) -> list[str]:
+        """Why device is in use, if it is: mounted (its filesystem, or its node bound into a pod),
+        stacked under another device (other than allowed_holders, e.g. the volume's own map), or
+        held open exclusively. Empty when it is not."""
         reasons: list[str] = []
         try:
             st = os.stat(device)
@@ -159,12 +194,19 @@ class Filesystems:
         if not stat.S_ISBLK(st.st_mode):
             return reasons
         numbers = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
-        node = "/" + os.path.basename(os.path.realpath(device))
+        name = os.path.basename(os.path.realpath(device))
         for m in self._mounts.all():
             if m.major_minor == numbers:
                 reasons.append(f"mounted at {m.target}")
-            elif m.fstype == "devtmpfs" and m.root == node:
+            elif m.fstype == "devtmpfs" and m.root == "/" + name:
                 reasons.append(f"bound at {m.target}")
+        try:
+            holders = sorted(os.listdir(f"/sys/class/block/{name}/holders"))
+        except OSError:
+            holders = []
+        if holders:
+            reasons += [f"under {h}" for h in holders if h not in allowed_holders]
+            return reasons  # a holder's exclusive claim says nothing more
         try:
             os.close(os.open(device, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC))
         except OSError as exc:

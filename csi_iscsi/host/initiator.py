@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from csi_iscsi.base.errors import FailedPrecondition
-from csi_iscsi.contract import is_iqn
+from csi_iscsi.contract import normalize_iqn
 
 DEFAULT_FILE = Path("/etc/iscsi/initiatorname.iscsi")
 
@@ -25,6 +25,8 @@ def read_initiator_name(path: Path = DEFAULT_FILE, override: str = "") -> str:
             raise FailedPrecondition(f"{path} must hold exactly one InitiatorName= line, found {len(names)}")
         iqn = names[0]
         source = str(path)
-    if not is_iqn(iqn):
-        raise FailedPrecondition(f"initiator name {iqn!r} from {source} is not a valid iqn./eui. name")
-    return iqn
+    normal = normalize_iqn(iqn)
+    if normal is None:
+        raise FailedPrecondition(f"initiator name {iqn!r} from {source} is not a valid iqn./eui. name "
+                                 "(letters, digits, '-', '.' and ':' only)")
+    return normal

@@ -65,7 +65,7 @@ class Multipath:
                     f"(has {self.slaves(wwid)}); is multipathd running with find_multipaths no?")
             if not nudged and elapsed > nudge_after:
                 nudged = True
-                self._runner.run([MULTIPATH, wwid], ok_codes=(0, 1))
+                self._runner.run([MULTIPATH, wwid], ok_codes=(0, 1), timeout=max(1.0, timeout - elapsed))
             time.sleep(self._poll)
 
     def size_bytes(self, wwid: str) -> int:

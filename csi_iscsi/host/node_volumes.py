@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from csi_iscsi import contract
-from csi_iscsi.base.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from csi_iscsi.base.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from csi_iscsi.base.faults import fault_point
 from csi_iscsi.base.runner import CommandFailed, Runner
 from csi_iscsi.chap import Chap
@@ -25,7 +25,7 @@ from csi_iscsi.host.iscsiadm import Iscsiadm
 from csi_iscsi.host.mounts import Mount
 from csi_iscsi.host.multipath import Multipath
 from csi_iscsi.host.scsi import Scsi
-from csi_iscsi.host.stage_state import STAGED, UNSTAGING, StageState, StageStateStore
+from csi_iscsi.host.stage_state import ATTACHING, STAGED, UNSTAGING, StageState, StageStateStore
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,12 @@ log = logging.getLogger(__name__)
 class NodeVolumes:
     def __init__(self, runner: Runner, iscsiadm: Iscsiadm, scsi: Scsi, multipath: Multipath | None,
                  attacher: Attacher, single_path_attacher: Attacher, fs: Filesystems, states: StageStateStore,
-                 multipath_mode: str = "required") -> None:
+                 multipath_mode: str = "required", maps: Multipath | None = None) -> None:
         self._runner = runner
         self._iscsiadm = iscsiadm
         self._scsi = scsi
         self._multipath = multipath
+        self._maps = maps if maps is not None else multipath  # a map multipathd built over one path too
         self._attacher = attacher
         self._single = single_path_attacher
         self._fs = fs
@@ -94,8 +95,11 @@ class NodeVolumes:
                 return  # idempotent, and proven: the device is the volume's and a session carries it
             log.info("volume %s is recorded as staged but its device %r is not attached any more (a reboot?); "
                      "attaching it again", volume_id, known.device)
+        # A mkfs this volume's last stage started and never finished (a crash, a timeout) may be re-run:
+        # nothing but that mkfs has written to the device since it was proven blank.
+        resume_mkfs = known is not None and known.mkfs_started and known.wwid == target.wwid
         state = StageState(volume_id, target.iqn, target.portals, target.lun, target.wwid, staging_path,
-                           access_type, fs_type)
+                           access_type, fs_type, mkfs_started=resume_mkfs)
         self._states.put(state)  # before the first login: a crash from here on can be unstaged
         mounted_here = False
         try:
@@ -103,11 +107,19 @@ class NodeVolumes:
             if self._use_multipath():
                 attachment = self._attacher.attach(target.iqn, target.portals, target.lun, target.wwid, chap)
             else:
-                attachment = self._attach_one_path(target, chap)
+                attachment = self._attach_one_path(volume_id, state, target, chap)
             state = replace(state, device=attachment.device)
             self._states.put(state)
             if access_type == "mount":
-                found, _made = self._fs.ensure(attachment.device, fs_type)  # mkfs only on a device proven blank
+                def mkfs_starts() -> None:
+                    self._states.put(replace(state, mkfs_started=True))
+
+                # mkfs only on a device proven blank
+                found, made = self._fs.ensure(attachment.device, fs_type, on_mkfs=mkfs_starts,
+                                              resume_mkfs=resume_mkfs)
+                if made or resume_mkfs:
+                    state = replace(state, mkfs_started=False)
+                    self._states.put(state)
                 fault_point("stage.after_mkfs")
                 Path(staging_path).mkdir(parents=True, exist_ok=True)
                 if not self._fs.is_mounted(staging_path):
@@ -119,20 +131,27 @@ class NodeVolumes:
                 fault_point("stage.after_mount")
             self._states.put(replace(state, phase=STAGED))
         except BaseException:
-            self._undo_stage(state, mounted_here)
+            self._undo_stage(self._states.get(volume_id) or state, mounted_here, known)
             raise
 
-    def _undo_stage(self, state: StageState, mounted_here: bool) -> None:
+    def _undo_stage(self, state: StageState, mounted_here: bool, known: StageState | None) -> None:
+        """Undo a failed stage: unmount what this call mounted, detach the volume unless something
+        uses it; a volume in use is left as it was, with its earlier state."""
         try:
             if mounted_here:
                 self._fs.umount(state.staging_path)
-            self._detach(state.volume_id, state)
+            self._detach(state.volume_id, state, known)
+            if state.mkfs_started:
+                # A mkfs was cut short: keep that fact (and nothing else) for the retry.
+                self._states.put(replace(state, device="", phase=ATTACHING))
         except Exception as exc:
-            log.error("a failed NodeStageVolume of %s could not be undone (%s); what is left stays recorded in "
-                      "its stage state, and NodeUnstageVolume (or the next NodeStageVolume) clears it",
-                      state.volume_id, exc)
+            log.error("a failed NodeStageVolume of %s was not undone (%s); what is left stays recorded in its stage "
+                      "state, and NodeUnstageVolume (or the next NodeStageVolume) clears it", state.volume_id, exc)
+            if known is not None:
+                with contextlib.suppress(Exception):
+                    self._states.put(known)
 
-    def _attach_one_path(self, target: TargetInfo, chap: Chap | None) -> Attachment:
+    def _attach_one_path(self, volume_id: str, state: StageState, target: TargetInfo, chap: Chap | None) -> Attachment:
         """Without multipath, two sessions would give two /dev/sdX for one LUN: log in on one portal."""
         errors = []
         for portal in target.portals:
@@ -140,29 +159,53 @@ class NodeVolumes:
                 return self._single.attach(target.iqn, [portal], target.lun, target.wwid, chap)
             except Exception as exc:  # try the next portal, report all if none works
                 errors.append(f"{portal}: {exc}")
-                self._single.detach(target.iqn, target.lun, target.wwid)
+                users = self._users(volume_id, state)
+                if users:
+                    # Something of this volume is in use (a session in recovery, say): never detach it.
+                    raise FailedPrecondition(f"no portal could be attached ({'; '.join(errors)}), and the volume's "
+                                             f"devices are in use ({'; '.join(users)})") from None
+                try:
+                    self._single.detach(target.iqn, target.lun, target.wwid)
+                except Exception as cleanup:
+                    log.warning("cleaning up after the failed login on %s: %s", portal, cleanup)
         raise FailedPrecondition("no portal could be attached: " + "; ".join(errors))
 
-    def _detach(self, volume_id: str, state: StageState | None) -> None:
+    def _target_iqns(self, volume_id: str, *states: StageState | None) -> set[str]:
+        iqns = {s.target_iqn for s in states if s is not None}
+        iqns |= {s.target_iqn for s in self._attacher.sessions() if s.target_iqn.endswith(":" + volume_id)}
+        return iqns
+
+    def _users(self, volume_id: str, *states: StageState | None) -> list[str]:
+        """Everything that uses any device of the volume on this host: its map, every path on every
+        session of its target, and the devices the states record."""
+        recorded = [s for s in states if s is not None]
+        wwid = recorded[0].wwid if recorded else contract.wwid(volume_id)
+        lun = recorded[0].lun if recorded else 0
+        devices = {s.device for s in recorded if s.device}
+        own: list[str] = []
+        if self._maps is not None:
+            devices.add(str(self._maps.map_path(wwid)))
+            own = [d for d in [self._maps.dm_name(wwid)] if d]
+        iqns = self._target_iqns(volume_id, *recorded)
+        devices |= {f"/dev/{d.name}" for s in self._attacher.sessions() if s.target_iqn in iqns
+                    for d in self._scsi.devices(s.sid, lun)}
+        return [f"{device} {why}" for device in sorted(devices) for why in self._fs.users(device, allowed_holders=own)]
+
+    def _detach(self, volume_id: str, state: StageState | None, known: StageState | None = None) -> None:
         """The safe detach of everything of the volume's target on this host (sessions, devices, map,
-        node records), then its stage state; refused while the device is mounted or held."""
-        device = state.device if state else ""
+        node records), then its stage state; refused while any of its devices is mounted or held."""
+        users = self._users(volume_id, state, known)
+        if users:
+            raise FailedPrecondition(f"volume {volume_id} is in use ({'; '.join(users)}); not detaching it")
         wwid = state.wwid if state else contract.wwid(volume_id)
         lun = state.lun if state else 0
-        for candidate in {device, f"/dev/mapper/{wwid}"} - {""}:
-            users = self._fs.users(candidate)
-            if users:
-                raise FailedPrecondition(f"volume {volume_id}'s device {candidate} is in use ({'; '.join(users)}); "
-                                         "not detaching it")
-        iqns = {state.target_iqn} if state else set()
-        iqns |= {s.target_iqn for s in self._scsi.iscsi_sessions() if s.target_iqn.endswith(":" + volume_id)}
-        for iqn in sorted(iqns):
+        for iqn in sorted(self._target_iqns(volume_id, state, known)):
             self._attacher.detach(iqn, lun, wwid)
         if state is None:
             # No state: still forget node records this volume's target may have left behind.
             for iqn in self._iscsiadm.record_targets():
                 if iqn.endswith(":" + volume_id):
-                    self._iscsiadm.delete_target_records(iqn)
+                    self._attacher.delete_records(iqn)
         self._states.remove(volume_id)
 
     def unstage(self, volume_id: str, staging_path: str) -> None:
@@ -201,7 +244,7 @@ class NodeVolumes:
             source = staging_path
         mounted = self._fs.mounts_at(target_path)
         if mounted:
-            self._republish(volume_id, target_path, mounted[-1], readonly)
+            self._republish(volume_id, state, target_path, mounted[-1], readonly)
             return  # idempotent: never stack a second mount
         target = Path(target_path)
         created = not target.exists()
@@ -210,23 +253,31 @@ class NodeVolumes:
             target.touch(exist_ok=True)
         else:
             target.mkdir(parents=True, exist_ok=True)
-        bound = False
         try:
             fault_point("node_publish.after_mkdir")
             self._fs.bind(source, target_path, readonly=readonly)
-            bound = True
             fault_point("node_publish.after_bind")
         except BaseException:
+            # Nothing was mounted there when this call began: whatever is now was this call's.
             try:
-                if bound:
-                    self._fs.umount(target_path)
+                self._fs.umount(target_path)
                 if created:
                     self._remove_path(target_path)
             except Exception as exc:
                 log.error("undoing the failed NodePublishVolume at %s: %s", target_path, exc)
             raise
 
-    def _republish(self, volume_id: str, target_path: str, top: Mount, readonly: bool) -> None:
+    def _is_ours(self, state: StageState, top: Mount) -> bool:
+        """Whether a mount is a bind of this volume: of its staging mount, or of its device node."""
+        if state.access_type == "block":
+            return top.root == "/" + os.path.basename(os.path.realpath(state.device))
+        staged = self._fs.mounts_at(state.staging_path)
+        return bool(staged) and self._fs.same_mount(top, staged[-1])
+
+    def _republish(self, volume_id: str, state: StageState, target_path: str, top: Mount, readonly: bool) -> None:
+        if not self._is_ours(state, top):
+            raise FailedPrecondition(f"{target_path} already has {top.source} ({top.root}) mounted on it, which is "
+                                     f"not volume {volume_id}; unmount it (a stale bind?) and publish again")
         if top.readonly == readonly:
             return
         if readonly:
@@ -254,14 +305,16 @@ class NodeVolumes:
 
     # Expand and stats ------------------------------------------------------------------------
 
-    def expand(self, volume_id: str, volume_path: str) -> int:
+    def expand(self, volume_id: str, volume_path: str, required_bytes: int = 0) -> int:
         state = self.staged(volume_id)
         if state is None:
             raise NotFound(f"volume {volume_id} is not staged on this node")
         if not os.path.exists(volume_path):
             raise NotFound(f"{volume_path} does not exist")
-        sessions = [s for s in self._scsi.iscsi_sessions() if s.target_iqn == state.target_iqn]
+        sessions = self._attacher.sessions(state.target_iqn)
         paths = [d.name for s in sessions for d in self._scsi.devices(s.sid, state.lun)]
+        if not paths:
+            raise Unavailable(f"volume {volume_id} has no SCSI path on this node to rescan; its sessions are down?")
         for path in paths:
             self._scsi.rescan(path)
         fault_point("node_expand.after_rescan")
@@ -271,7 +324,10 @@ class NodeVolumes:
             fault_point("node_expand.after_resize")
             size = multipath.size_bytes(state.wwid)
         else:
-            size = self._scsi.size_bytes(paths[0]) if paths else 0
+            size = self._scsi.size_bytes(paths[0])
+        if size < required_bytes:
+            raise Unavailable(f"volume {volume_id}'s device has {size} bytes after the rescan, {required_bytes} were "
+                              "asked for: the target has not grown the LUN yet (ControllerExpandVolume first)")
         if state.access_type == "mount":
             self._fs.grow(state.device, state.fs_type, state.staging_path)
         return size

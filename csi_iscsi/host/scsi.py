@@ -23,6 +23,7 @@ class IscsiSession:
     portal: str
     target_iqn: str
     state: str = "unknown"  # the kernel's: LOGGED_IN, FAILED (recovering), FREE
+    initiator: str = ""  # the initiator name the session presented
 
     @property
     def logged_in(self) -> bool:
@@ -49,8 +50,12 @@ class Scsi:
                 state = (session / "state").read_text().strip()
             except OSError:
                 state = "unknown"
+            try:
+                initiator = (session / "initiatorname").read_text().strip().lower()
+            except OSError:
+                initiator = ""
             host = f"[{address}]" if ":" in address else address
-            found.append(IscsiSession(sid, f"{host}:{port}", iqn, state))
+            found.append(IscsiSession(sid, f"{host}:{port}", iqn, state, initiator))
         return found
 
     def _session_dir(self, sid: int) -> Path:

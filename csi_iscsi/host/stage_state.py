@@ -5,7 +5,7 @@ because the target IQN's suffix and the WWID are both derived from the volume id
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from csi_iscsi.base.atomic import remove_durably, write_json_atomic
@@ -28,6 +28,7 @@ class StageState:
     fs_type: str
     device: str = ""
     phase: str = ATTACHING
+    mkfs_started: bool = False  # a mkfs ran on the volume and its end was not seen
 
 
 class StageStateStore:
@@ -42,9 +43,11 @@ class StageStateStore:
 
     def get(self, volume_id: str) -> StageState | None:
         try:
-            return StageState(**json.loads(self._path(volume_id).read_text()))
+            value = json.loads(self._path(volume_id).read_text())
         except FileNotFoundError:
             return None
+        known = {f.name for f in fields(StageState)}
+        return StageState(**{k: v for k, v in value.items() if k in known})
 
     def put(self, state: StageState) -> None:
         write_json_atomic(self._path(state.volume_id), asdict(state))

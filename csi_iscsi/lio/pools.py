@@ -101,11 +101,12 @@ class FileioPool:
         st = os.statvfs(self.directory)
         size, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
         headroom = free - self._reserve(size)
+        by_ratio = int(size * self.overprovision) - sum(provisioned.values())
         if self.overprovision > 1:
             # Overcommit is the operator's choice, bounded by the ratio; the reserve still holds.
-            return max(0, min(int(size * self.overprovision) - sum(provisioned.values()), headroom))
+            return max(0, min(by_ratio, headroom))
         unclaimed = sum(max(0, capacity - self._allocated(volume_id)) for volume_id, capacity in provisioned.items())
-        return max(0, headroom - unclaimed)
+        return max(0, min(by_ratio, headroom - unclaimed))
 
     def _allocated(self, volume_id: str) -> int:
         try:

@@ -15,9 +15,11 @@ import json
 import logging
 import threading
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from csi_iscsi.base.atomic import remove_durably, write_json_atomic
+from csi_iscsi.base.errors import Unavailable
 from csi_iscsi.contract import NodeId, is_volume_id
 from csi_iscsi.lio.api import READY, VolumeRecord
 
@@ -34,14 +36,21 @@ class RecordStore:
         self._lock = threading.Lock()
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._records: dict[str, VolumeRecord] = {}
+        self.unreadable: set[str] = set()
         for path in self._dir.glob("csi-*.json"):
             volume_id = path.stem
             if not is_volume_id(volume_id):
                 continue
             try:
-                self._records[volume_id] = VolumeRecord.from_json(json.loads(path.read_text()))
-            except (ValueError, TypeError) as exc:
-                log.error("volume record %s is unreadable (%s); leaving it for a person to look at", path, exc)
+                record = VolumeRecord.from_json(json.loads(path.read_text()))
+            except (ValueError, TypeError, KeyError) as exc:
+                log.error("volume record %s is unreadable (%s); calls on that volume fail until a person fixes "
+                          "or removes it", path, exc)
+                self.unreadable.add(volume_id)
+                continue
+            # Node ids written before IQNs were kept lowercase (as LIO keeps them) are read in that form.
+            grants = {str(n) if (n := NodeId.parse(k)) else k: g for k, g in record.grants.items()}
+            self._records[volume_id] = replace(record, grants=grants) if grants != record.grants else record
         self._ids = sorted(self._records)  # for pagination
         # initiator IQN -> node name -> volume ids granted to it
         self._holders: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
@@ -68,6 +77,11 @@ class RecordStore:
                     del self._holders[node.initiator_iqn]
 
     def get(self, volume_id: str) -> VolumeRecord | None:
+        """The record, None if there is none; an unreadable one is an error, never "no such volume"
+        (DeleteVolume would answer OK and leave the volume exported)."""
+        if volume_id in self.unreadable:
+            raise Unavailable(f"the record of volume {volume_id} ({self._dir / volume_id}.json) is unreadable; fix "
+                              "or remove it, then restart the controller")
         with self._lock:
             return self._records.get(volume_id)
 

@@ -45,11 +45,15 @@ class SavedConfig:
         with self._lock:
             return self._targets.get(wwn)
 
-    def has_acl(self, wwn: str, initiator: str) -> bool:
+    def may_hold_acl(self, wwn: str, initiator: str) -> bool:
+        """False only when the saved target is known not to hold an ACL for initiator."""
         with self._lock:
             target = self._targets.get(wwn)
-            return target is not None and any(
-                a.get("node_wwn") == initiator for tpg in target.get("tpgs", []) for a in tpg.get("node_acls", []))
+            if target is None:
+                return False
+            if len(target.get("tpgs", [])) != 1:
+                return True  # not a shape this module splices: assume it might
+            return any(a.get("node_wwn") == initiator for a in target["tpgs"][0].get("node_acls", []))
 
     def update(self, *, storage_objects: dict[str, dict[str, Any] | None] | None = None,
                targets: dict[str, dict[str, Any] | None] | None = None) -> None:

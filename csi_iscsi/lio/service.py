@@ -102,7 +102,7 @@ class LioTargetService:
         iqn = self.target_iqn(volume_id)
         with self._lio_lock:
             acl = self._lio.dump_acl(iqn, initiator)
-        if acl is None and not self._saved.has_acl(iqn, initiator):
+        if acl is None and not self._saved.may_hold_acl(iqn, initiator):
             return  # neither live nor saved: nothing to write
         if not self._saved.update_acl(iqn, initiator, acl):
             self._save(volume_id)
@@ -130,7 +130,8 @@ class LioTargetService:
 
     def create(self, spec: VolumeSpec) -> VolumeRecord:
         record = self._records.get(spec.volume_id)
-        fresh = record is None
+        with self._lio_lock:
+            fresh = record is None and not self._lio.target_exists(self.target_iqn(spec.volume_id))
         if record is None:
             with self._capacity_lock:
                 available = self.available_bytes(spec.pool)
@@ -342,11 +343,15 @@ class LioTargetService:
                 log.exception("reconcile: volume %s", record.volume_id)
                 drift.append(f"volume {record.volume_id}: could not be reconciled ({type(exc).__name__}: {exc}); "
                              "the controller serves the others")
+        for volume_id in sorted(self._records.unreadable):
+            drift.append(f"volume {volume_id}: its record is unreadable; its LIO objects are left alone and calls on "
+                         "it fail until the record is fixed or removed")
         try:
             with self._lio_lock:
                 live_targets = self._lio.target_iqns(self._prefix + ":")
             for iqn in live_targets:
-                if iqn not in known:
+                # Left alone: another controller sharing this LIO with the same prefix may own it.
+                if iqn not in known and iqn.rsplit(":", 1)[1] not in self._records.unreadable:
                     drift.append(f"target {iqn} exists in LIO but no volume record names it (left alone)")
         except Exception as exc:
             log.exception("reconcile: listing LIO targets")
@@ -364,12 +369,13 @@ class LioTargetService:
         with self._lio_lock:
             so_ok = self._lio.storage_object_exists(record.volume_id, iqn)
             target_ok = self._lio.target_exists(iqn)
-        if not (so_ok and target_ok):
-            drift = [f"volume {record.volume_id}: LIO lacked its {'storage object' if not so_ok else 'target'}; "
-                     "restoring"]
-            self._restore(record, so_ok, target_ok)
-            return drift
         drift = []
+        if not (so_ok and target_ok):
+            drift.append(f"volume {record.volume_id}: LIO lacked its {'storage object' if not so_ok else 'target'}; "
+                         "restoring")
+            if not self._restore(record, so_ok, target_ok):
+                drift.append(f"volume {record.volume_id}: its data is missing from pool {record.pool}; not exported")
+                return drift
         with self._lio_lock:
             live = set(self._lio.initiators(iqn))
         granted = {n.initiator_iqn for n in map(NodeId.parse, record.grants) if n}
@@ -383,17 +389,19 @@ class LioTargetService:
             drift.append(f"volume {record.volume_id}: ACL for {missing} is missing in LIO")
         return drift
 
-    def _restore(self, record: VolumeRecord, so_ok: bool, target_ok: bool) -> None:
+    def _restore(self, record: VolumeRecord, so_ok: bool, target_ok: bool) -> bool:
+        """False, exporting nothing, when the volume's data is gone from its pool: LIO's fileio
+        backstore would create an empty file in its place, and a node would take it for blank."""
         iqn = self.target_iqn(record.volume_id)
+        if not self._pools[record.pool].exists(record.volume_id):
+            log.error("reconcile: the data of volume %s is missing from pool %s", record.volume_id, record.pool)
+            return False
         so_dump = None if so_ok else self._saved.storage_object(record.volume_id)
         target_dump = None if target_ok else self._saved.target(iqn)
         with self._lio_lock:
             if so_dump or target_dump:
                 for error in self._lio.restore(so_dump, target_dump):
                     log.warning("reconcile: restoring %s: %s", record.volume_id, error)
-        if not self._pools[record.pool].exists(record.volume_id):
-            log.error("reconcile: the data of volume %s is missing from pool %s", record.volume_id, record.pool)
-            return
         # Whatever the saved config could not give back is rebuilt from our record (ACLs without secrets).
         self._export(record)
         with self._lio_lock:
@@ -406,3 +414,4 @@ class LioTargetService:
                         continue
                     self._lio.grant(iqn, node.initiator_iqn, readonly=grant.readonly)
         self._save(record.volume_id)
+        return True

@@ -124,7 +124,8 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
                 if existing.name != request.name:
                     raise Internal(f"volume id {volume_id} collides for two names; rename the claim")
                 if not _fits(existing, request.capacity_range) or existing.parameters != params \
-                        or existing.access_type != requested.access_type:
+                        or existing.access_type != requested.access_type \
+                        or set(existing.access_modes) != set(requested.modes):
                     raise AlreadyExists(
                         f"volume {quoted(request.name)} exists ({existing.capacity_bytes} bytes, "
                         f"{existing.access_type}, {dict(existing.parameters)}) and does not match this request")

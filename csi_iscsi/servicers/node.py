@@ -151,7 +151,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
                          context: grpc.ServicerContext) -> csi_pb2.NodeExpandVolumeResponse:
         volume_id, path = _known_volume_at(request.volume_id, request.volume_path)
         with self._locks.hold(volume_id, "NodeExpandVolume"):
-            size = self.volumes.expand(volume_id, path)
+            size = self.volumes.expand(volume_id, path, request.capacity_range.required_bytes)
         return csi_pb2.NodeExpandVolumeResponse(capacity_bytes=size)
 
     def NodeGetInfo(self, request: csi_pb2.NodeGetInfoRequest,

@@ -132,3 +132,19 @@ def test_a_path_with_another_wwid_is_refused(world: tuple[FakeRunner, Attacher, 
     (sys_ / "block/sdc/device/wwid").write_text("naa.6001405" + "c" * 25)
     with pytest.raises(FailedPrecondition, match="not this volume"):
         attacher.attach(IQN, PORTALS, 0, WWID)
+
+
+def test_sessions_of_another_node_sharing_iscsid_are_not_ours(tmp_path: Path) -> None:
+    sys_ = make_sysfs(tmp_path, 1, 3, {"sdb": (0, WWID)}, IQN, PORTALS[0])
+    make_sysfs(tmp_path, 2, 4, {"sdc": (0, WWID)}, IQN, PORTALS[1])
+    (sys_ / "class/iscsi_session/session1/initiatorname").write_text("iqn.2026-11.io.example:me\n")
+    (sys_ / "class/iscsi_session/session2/initiatorname").write_text("iqn.2026-11.io.example:other-node\n")
+    runner = FakeRunner()
+    attacher = Attacher(Iscsiadm(runner), RecordingScsi(sys_, runner), None,
+                        SessionSettings(initiator_name="iqn.2026-11.io.example:me"),
+                        AttachTimeouts(detach=2), poll_interval=0.01)
+    assert [s.sid for s in attacher.sessions(IQN)] == [1]
+    attacher.detach(IQN, 0, WWID)
+    assert ("delete", "sdc") not in runner.calls and ("delete", "sdb") in runner.calls
+    logout = next(c for c in runner.calls if "--logout" in c)
+    assert "-I" in logout  # only this node's iface's sessions

@@ -52,7 +52,8 @@ def saved_so(world: World, vid: str) -> dict[str, Any] | None:
 
 def test_unpublish_revokes_in_lio_even_when_no_grant_was_recorded(world: World) -> None:
     vid = world.create().volume_id
-    # A publish that died after the LIO grant and before the record write leaves exactly this.
+    # An ACL no record holds: made by hand, or by an older version whose publish died between its
+    # grant and its record write.
     world.lio.grant(contract.target_iqn(vid), IQN_A)
     unpublish(world, vid, NODE)
     assert world.lio.initiators(contract.target_iqn(vid)) == []
@@ -305,3 +306,45 @@ def test_chap_values_lio_reads_as_unset_are_refused(world: World) -> None:
                     {"chapUser": "u", "chapPassword": "NULLified-password"}):
         assert code_of(world.publish, vid, NODE, False, secrets) == grpc.StatusCode.INVALID_ARGUMENT
     assert world.lio.initiators(contract.target_iqn(vid)) == []
+
+
+# Initiator names in another case (review of issue 10): LIO keeps them lowercased --------------------
+
+def test_an_uppercase_iqn_is_one_initiator_for_fencing_claims_and_the_saved_config(world: World) -> None:
+    vid = world.create("pvc-case").volume_id
+    world.publish(vid, "worker-1/iqn.2000-01.Example:Node-A")
+    assert world.service.reconcile() == []  # the live ACL is the recorded grant: nothing revoked
+    assert world.lio.initiators(contract.target_iqn(vid)) == ["iqn.2000-01.example:node-a"]
+    other = world.create("pvc-case-2").volume_id
+    assert code_of(world.publish, other, "worker-2/iqn.2000-01.example:node-a") == grpc.StatusCode.FAILED_PRECONDITION
+    unpublish(world, vid, "worker-1/iqn.2000-01.EXAMPLE:NODE-A")
+    assert world.lio.initiators(contract.target_iqn(vid)) == []
+    assert "node-a" not in (world.tmp / "saveconfig.json").read_text().lower()
+    assert on_disk(world, vid)["grants"] == {}
+
+
+def test_an_unreadable_record_is_an_error_not_an_unknown_volume(world: World) -> None:
+    vid = world.create("pvc-torn").volume_id
+    world.stop()
+    (world.tmp / "state" / "volumes" / f"{vid}.json").write_text("{torn")
+    world.restart()
+    assert any("unreadable" in line for line in world.service.reconcile())
+    assert code_of(world.stub.DeleteVolume, csi_pb2.DeleteVolumeRequest(volume_id=vid)) == grpc.StatusCode.UNAVAILABLE
+    assert vid in world.lio.storage_objects  # still exported, not silently forgotten
+
+
+def test_reconcile_never_exports_a_volume_whose_data_is_gone(world: World) -> None:
+    vid = world.create("pvc-gone").volume_id
+    world.lio.storage_objects.pop(vid)
+    world.lio.targets.pop(contract.target_iqn(vid))
+    (world.tmp / "pool" / f"{vid}.img").unlink()
+    drift = world.service.reconcile()
+    assert any("missing" in line for line in drift)
+    assert vid not in world.lio.storage_objects and not (world.tmp / "pool" / f"{vid}.img").exists()
+
+
+def test_a_create_with_other_access_modes_is_already_exists(world: World) -> None:
+    world.create("pvc-modes")
+    req = csi_pb2.CreateVolumeRequest(name="pvc-modes", capacity_range=csi_pb2.CapacityRange(required_bytes=64 * MiB),
+                                      volume_capabilities=[cap(Mode.SINGLE_NODE_READER_ONLY)])
+    assert code_of(world.stub.CreateVolume, req) == grpc.StatusCode.ALREADY_EXISTS

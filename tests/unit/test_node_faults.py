@@ -4,6 +4,7 @@ proven on the real kernel in tests/testbed/test_node_faults.py)."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from csi_iscsi.base.errors import Unavailable
 from csi_iscsi.csi import csi_pb2
 from tests.unit.test_node import CTX, VID, WWID, NodeWorld, mount_cap
 
@@ -159,3 +161,114 @@ def test_no_node_answer_echoes_a_request_field_whole(world: NodeWorld, field: st
         world.stub.NodeStageVolume(req)
     assert err.value.code() != grpc.StatusCode.RESOURCE_EXHAUSTED
     assert len(err.value.details()) < 1024
+
+
+# Found by review: a failed re-stage of a volume in use, an interrupted mkfs, a publish undo --------
+
+def fake_users(world: NodeWorld):  # type: ignore[no-untyped-def]
+    """Filesystems.users for the fake host, whose /dev entries are plain files: a device is in use when
+    the fake mount table has it (or its map) mounted."""
+    def users(self: object, device: str, allowed_holders: object = ()) -> list[str]:
+        sources = [line.split(" - ")[1].split()[1] for line in world.mountinfo.read_text().splitlines()[1:]]
+        names = {device, os.path.realpath(device)}
+        if device.endswith(("/sdb", "/sdc")):  # the paths under the map
+            names.add(str(world.dev / "mapper" / WWID))
+        return ["mounted"] if names & set(sources) else []
+    return users
+
+
+def sessions_recovering(world: NodeWorld) -> None:
+    for sid in (1, 2):
+        (world.sys / "class/iscsi_session" / f"session{sid}" / "state").write_text("FAILED\n")
+
+
+def detach_calls(world: NodeWorld) -> list[tuple[str, ...]]:
+    return [c for c in world.runner.calls if c[0] == "delete" or "--logout" in c or c[:2] == ("multipath", "-f")
+            or (c[0] == "iscsiadm" and c[-1] == "delete")]
+
+
+def test_a_failed_restage_of_a_volume_in_use_never_detaches_it(world: NodeWorld,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    world.stage()
+    monkeypatch.setattr("csi_iscsi.host.filesystem.Filesystems.users", fake_users(world))
+    sessions_recovering(world)  # after a kubelet restart during a target blip: "already staged" is not proven
+    world.runner.on(["multipathd", "show", "daemon"], returncode=1)  # and this re-stage fails early
+    world.volumes._mode = "preferred"
+    world.runner.on(["iscsiadm", "-m", "node", "-T"], returncode=8)  # logins fail: the portal is down
+    world.runner.calls.clear()
+    with pytest.raises(grpc.RpcError):
+        world.stage()
+    assert detach_calls(world) == []
+    assert (world.tmp / "state" / f"{VID}.json").exists()
+    assert world.volumes.staged(VID) is not None  # its earlier state is back: publishes go on working
+
+
+def test_a_failed_single_path_portal_never_detaches_a_volume_in_use(world: NodeWorld,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    world.volumes._multipath = None
+    world.volumes._mode = "off"
+    world.formatted = True  # one path: the device is /dev/sdb, which this fake host cannot read
+    world.stage()
+    monkeypatch.setattr("csi_iscsi.host.filesystem.Filesystems.users", fake_users(world))
+    sessions_recovering(world)
+
+    def attach(*args: object, **kwargs: object) -> None:
+        raise Unavailable("login to that portal failed")
+
+    monkeypatch.setattr(world.volumes._single, "attach", attach)
+    world.runner.calls.clear()
+    with pytest.raises(grpc.RpcError):
+        world.stage()
+    assert detach_calls(world) == []
+
+
+def test_a_mkfs_cut_short_is_run_again_not_refused_forever(world: NodeWorld) -> None:
+    world.runner.on(["mkfs.ext4"], returncode=1, times=1)  # killed half way (or timed out)
+    with pytest.raises(grpc.RpcError):
+        world.stage()
+    # What the dead mkfs wrote: not blank any more, and blkid sees no filesystem yet.
+    (world.dev / "dm-0").write_bytes(b"\1" * 4096)
+    world.stage()
+    assert sum(1 for c in world.runner.calls if c[0] == "mkfs.ext4") == 2
+
+
+def test_a_failed_read_only_bind_leaves_no_mount_at_the_pod_path(world: NodeWorld) -> None:
+    world.stage()
+    target = f"{world.tmp}/pods/p1/mount"
+
+    def bind_then_fail(argv: tuple[str, ...]) -> tuple[int, str] | None:
+        if argv[:2] == ("mount", "--bind"):
+            with world.mountinfo.open("a") as f:  # the bind happened, the command still failed
+                f.write(f"9 1 253:0 / {target} rw - ext4 {argv[-2]} rw\n")
+            return 32, ""
+        return None
+
+    world.runner.responders.insert(0, bind_then_fail)
+    with pytest.raises(grpc.RpcError):
+        world.stub.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(
+            volume_id=VID, staging_target_path=f"{world.tmp}/staging", target_path=target,
+            volume_capability=mount_cap(), readonly=True))
+    assert target not in world.mountinfo.read_text() and not Path(target).exists()
+
+
+def test_a_foreign_mount_at_the_pod_path_is_not_taken_for_the_volume(world: NodeWorld) -> None:
+    world.stage()
+    target = f"{world.tmp}/pods/p1/mount"
+    Path(target).mkdir(parents=True)
+    with world.mountinfo.open("a") as f:  # e.g. a bare staging directory bound by an older version
+        f.write(f"12 1 8:1 /var/lib/kubelet/x {target} rw - ext4 /dev/vda rw\n")
+    with pytest.raises(grpc.RpcError) as err:
+        world.stub.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(
+            volume_id=VID, staging_target_path=f"{world.tmp}/staging", target_path=target,
+            volume_capability=mount_cap(), readonly=True))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_node_expand_that_did_not_reach_the_size_asked_for_says_so(world: NodeWorld) -> None:
+    world.stage()
+    (world.sys / "block/dm-0/size").write_text(str(64 * 1024 * 1024 // 512))
+    with pytest.raises(grpc.RpcError) as err:
+        world.stub.NodeExpandVolume(csi_pb2.NodeExpandVolumeRequest(
+            volume_id=VID, volume_path=f"{world.tmp}/staging",
+            capacity_range=csi_pb2.CapacityRange(required_bytes=128 * 1024 * 1024)))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "ControllerExpandVolume" in err.value.details()
