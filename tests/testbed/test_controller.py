@@ -6,17 +6,19 @@ import json
 import os
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from csi_iscsi import contract
 from csi_iscsi.base.errors import Unavailable
 from csi_iscsi.base.runner import SubprocessRunner
 from csi_iscsi.chap import Chap
 from csi_iscsi.contract import NodeId
-from csi_iscsi.csi import csi_pb2
+from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
 from csi_iscsi.host.attach import Attacher, AttachTimeouts
 from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
 from csi_iscsi.host.multipath import Multipath
@@ -267,3 +269,29 @@ def test_mutual_chap_both_sides_prove_themselves(env: dict[str, Path], initiator
         unpublish(plugin, volume.volume_id, me)
         delete(plugin, volume.volume_id)
     assert "target-password-2" not in env["log"].read_text()
+
+
+def test_a_second_controller_on_the_same_state_waits_for_the_first(env: dict[str, Path], tmp_path: Path) -> None:
+    """Finding 6 of issue 10: a replacement pod that starts during the old one's grace period must not
+    drive configfs and the records beside it."""
+    with start(env) as first:
+        create(first, "pvc-owner")
+        second_log = tmp_path / "second.log"
+        args = controller_args(env["state"], [f"name=default,type=fileio,path={env['pool']}"], SAVEFILE)
+        proc = subprocess.Popen([sys.executable, "-m", "csi_iscsi", args[0], "--endpoint",
+                                 f"unix://{tmp_path}/second.sock", *args[1:]], stderr=open(second_log, "wb"))  # noqa: SIM115
+        try:
+            channel = grpc.insecure_channel(f"unix:{tmp_path}/second.sock")
+            with pytest.raises(grpc.FutureTimeoutError):
+                grpc.channel_ready_future(channel).result(timeout=15)
+            assert "held by another process" in second_log.read_text()
+            first.proc.terminate()
+            first.proc.wait(timeout=60)
+            first.killed_by_test = True  # stopped here, not by the context manager
+            grpc.channel_ready_future(channel).result(timeout=90)
+            listed = csi_pb2_grpc.ControllerStub(channel).ListVolumes(csi_pb2.ListVolumesRequest(), timeout=60)
+            assert [e.volume.volume_id for e in listed.entries] == [contract.volume_id_for_name("pvc-owner")]
+            channel.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
