@@ -35,7 +35,7 @@ from csi_iscsi.host.node_volumes import NodeVolumes
 from csi_iscsi.host.readiness import node_ready
 from csi_iscsi.host.scsi import Scsi
 from csi_iscsi.host.stage_state import StageStateStore
-from csi_iscsi.lio.pools import FileioPool, Pool, parse_pool_spec
+from csi_iscsi.lio.pools import Pool, parse_pool_spec
 from csi_iscsi.lio.saveconfig import DEBIAN_SAVE_FILE, SavedConfig
 from csi_iscsi.lio.service import LioTargetService
 from csi_iscsi.server import CsiServer, Services
@@ -161,19 +161,10 @@ def build_services(args: argparse.Namespace) -> Services:
                                 "(lowercase, no colon): the target IQN <prefix>:<volume id> must be a valid IQN")
         specs = args.pool or ["name=default,type=fileio,path=/var/lib/csi-iscsi/pool"]
         pools: dict[str, Pool] = {}
-        fileio_filesystems: dict[int, str] = {}
         for spec in specs:
             pool = parse_pool_spec(spec, runner)
             if pool.name in pools:
                 raise CsiIscsiError(f"pool {pool.name} is configured twice")
-            if isinstance(pool, FileioPool):
-                # Each pool counts its own sparse files' claims against the filesystem's free space;
-                # two on one filesystem would both promise the same bytes.
-                device = os.stat(pool.directory).st_dev
-                if device in fileio_filesystems:
-                    raise CsiIscsiError(f"fileio pools {fileio_filesystems[device]} and {pool.name} are on one "
-                                        "filesystem; give each its own filesystem, or use one pool")
-                fileio_filesystems[device] = pool.name
             pools[pool.name] = pool
         owned.append(_own(args.state_dir / "controller", "controller"))
         target = LioTargetService(pools, args.portal, args.state_dir / "controller", SavedConfig(args.saveconfig),

@@ -48,3 +48,12 @@ def remove_durably(path: Path) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def remove_stale_temps(directory: Path, name: str = "*") -> None:
+    """Temp files a killed writer left (write_atomic names them .<name>.<pid>.tmp). Only the one
+    process that owns the state directory writes these files, so at its start any such file is
+    stale; some hold secrets (the saved LIO config)."""
+    for stale in directory.glob(f".{name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()

@@ -106,7 +106,11 @@ class Attacher:
         return [d.name for s in self.sessions(target_iqn) if s.logged_in for d in self._scsi.devices(s.sid, lun)]
 
     def delete_records(self, target_iqn: str) -> None:
-        self._iscsiadm.delete_target_records(target_iqn, iface=self._settings.iface)
+        """Every node record of the target, unless another node sharing this iscsid has a session to
+        it: then only the records of this node's iface."""
+        mine = {s.sid for s in self.sessions(target_iqn)}
+        shared = any(s.target_iqn == target_iqn and s.sid not in mine for s in self._scsi.iscsi_sessions())
+        self._iscsiadm.delete_target_records(target_iqn, iface=self._settings.iface if shared else "")
 
     def _wait_for_device(self, sid: int, lun: int, wwid: str) -> str:
         deadline = time.monotonic() + self._timeouts.device
@@ -131,7 +135,8 @@ class Attacher:
         sessions = self.sessions(target_iqn)
         devices = [d.name for s in sessions for d in self._scsi.devices(s.sid, lun)]
         if self._maps is not None:
-            self._maps.flush(wwid, deadline=deadline)
+            for name in sorted({wwid, *self._maps.maps_over(devices)}):
+                self._maps.flush(name, deadline=deadline)
         fault_point("unstage.after_flush")
         for device in devices:
             self._scsi.delete(device)
@@ -140,9 +145,10 @@ class Attacher:
                 raise DeadlineExceeded(f"SCSI devices {devices} of {target_iqn} did not go away")
             time.sleep(self._poll)
         fault_point("unstage.after_devices")
-        if sessions:
-            self._iscsiadm.logout_target(target_iqn, timeout=max(1.0, deadline - time.monotonic()),
-                                         iface=self._settings.iface)
+        # By session id: this node's sessions whatever record or iface made them (an older version's,
+        # one made by hand), and never another node's that shares this iscsid.
+        for session in sessions:
+            self._iscsiadm.logout_session(session.sid, timeout=max(1.0, deadline - time.monotonic()))
         fault_point("unstage.after_logout")
         self.delete_records(target_iqn)
         fault_point("unstage.after_records")

@@ -112,10 +112,18 @@ class Filesystems:
         fstype = check_fstype(fstype)
         found = self.signature(device)
         if found is None:
-            if not resume_mkfs and not read_edges_are_zero(device, self._probe_timeout):
+            # The driver's own read must succeed either way: blkid's "nothing" is worth something only
+            # when the device can be read.
+            zero = read_edges_are_zero(device, self._probe_timeout)
+            if resume_mkfs:
+                # What a mkfs cut short wrote is not zero and carries no complete signature yet; a
+                # second blkid, now that reads are known to work, must still find nothing.
+                found = self.signature(device)
+            elif not zero:
                 raise FailedPrecondition(
                     f"{device} holds data that blkid does not recognise (its first or last MiB is not zero); "
                     "refusing to format it. Check the volume, or wipe it deliberately if it is really unused")
+        if found is None:
             on_mkfs()
             self._runner.run([*MKFS[fstype], device], timeout=600)
             return fstype, True
@@ -183,9 +191,10 @@ class Filesystems:
         return a.major_minor == b.major_minor and a.root == b.root
 
     def users(self, device: str, allowed_holders: Sequence[str] = ()) -> list[str]:
-        """Why device is in use, if it is: mounted (its filesystem, or its node bound into a pod),
-        stacked under another device (other than allowed_holders, e.g. the volume's own map), or
-        held open exclusively. Empty when it is not."""
+        """Why device is in use, if it is: mounted (its filesystem, or its node bound into a pod, on
+        devtmpfs or a tmpfs /dev alike), stacked under another device (other than allowed_holders,
+        the volume's own maps, and their partition maps while nothing uses those), or held open
+        exclusively. Empty when it is not."""
         reasons: list[str] = []
         try:
             st = os.stat(device)
@@ -198,14 +207,18 @@ class Filesystems:
         for m in self._mounts.all():
             if m.major_minor == numbers:
                 reasons.append(f"mounted at {m.target}")
-            elif m.fstype == "devtmpfs" and m.root == "/" + name:
+            elif m.root != "/" and os.path.basename(m.root) == name:
                 reasons.append(f"bound at {m.target}")
-        try:
-            holders = sorted(os.listdir(f"/sys/class/block/{name}/holders"))
-        except OSError:
-            holders = []
+        holders = _holders(name)
         if holders:
-            reasons += [f"under {h}" for h in holders if h not in allowed_holders]
+            own = {n for n in (_dm_name(h) for h in [*allowed_holders, name]) if n}
+            for holder in holders:
+                if holder in allowed_holders:
+                    continue
+                partition_of_own = any((_dm_name(holder) or "").startswith(n) for n in own)
+                if partition_of_own and not self.users(f"/dev/{holder}"):
+                    continue  # kpartx's map of a partition of the volume: multipath -f removes it
+                reasons.append(f"under {holder}")
             return reasons  # a holder's exclusive claim says nothing more
         try:
             os.close(os.open(device, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC))
@@ -213,3 +226,18 @@ class Filesystems:
             if exc.errno == errno.EBUSY:
                 reasons.append("held open exclusively")
         return reasons
+
+
+def _holders(name: str) -> list[str]:
+    try:
+        return sorted(os.listdir(f"/sys/class/block/{name}/holders"))
+    except OSError:
+        return []
+
+
+def _dm_name(name: str) -> str | None:
+    try:
+        with open(f"/sys/class/block/{name}/dm/name") as f:
+            return f.read().strip()
+    except OSError:
+        return None

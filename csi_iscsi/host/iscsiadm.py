@@ -129,11 +129,9 @@ class Iscsiadm:
     def login(self, iqn: str, portal: str, timeout: float, iface: str = "") -> None:
         self._run([*self._node(iqn, portal, iface), "--login"], ok_codes=(0, EXIT_SESSION_EXISTS), timeout=timeout)
 
-    def logout_target(self, iqn: str, timeout: float, iface: str = "") -> None:
-        """Log out of every session of one target (one volume's, since each volume has its own) made
-        through iface: where several nodes share one iscsid, each has its own iface."""
-        self._run(["-m", "node", "-T", iqn, *(["-I", iface] if iface else []), "--logout"],
-                  ok_codes=(0, EXIT_NO_OBJS_FOUND), timeout=timeout)
+    def logout_session(self, sid: int, timeout: float) -> None:
+        """Log out of one session, whichever iface or record made it."""
+        self._run(["-m", "session", "-r", str(sid), "--logout"], ok_codes=(0, EXIT_NO_OBJS_FOUND), timeout=timeout)
 
     def delete_target_records(self, iqn: str, iface: str = "") -> None:
         self._run(["-m", "node", "-T", iqn, *(["-I", iface] if iface else []), "-o", "delete"],

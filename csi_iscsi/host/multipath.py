@@ -30,11 +30,19 @@ class Multipath:
         return self._dev / "mapper" / wwid
 
     def dm_name(self, wwid: str) -> str | None:
-        """dm-N of the map, or None when there is no map of that name."""
+        """dm-N of the map named wwid, or None when there is no such map. Asks sysfs when udev has
+        not made (or has already removed) /dev/mapper/<name>: udev can lag far behind a map whose
+        I/O hangs, and a map must never go unseen while it still holds the volume's paths."""
         path = self.map_path(wwid)
-        if not path.exists():
-            return None
-        return Path(os.path.realpath(path)).name
+        if path.exists():
+            return Path(os.path.realpath(path)).name
+        for dm in sorted((self._sys / "block").glob("dm-*")):
+            try:
+                if (dm / "dm" / "name").read_text().strip() == wwid:
+                    return dm.name
+            except OSError:
+                continue
+        return None
 
     def slaves(self, wwid: str) -> list[str]:
         dm = self.dm_name(wwid)
@@ -67,6 +75,23 @@ class Multipath:
                 nudged = True
                 self._runner.run([MULTIPATH, wwid], ok_codes=(0, 1), timeout=max(1.0, timeout - elapsed))
             time.sleep(self._poll)
+
+    def maps_over(self, devices: Collection[str]) -> list[str]:
+        """Names of the multipath maps built over any of devices (sdX), whatever they are named:
+        with user_friendly_names a map over the volume's paths is mpathN, not its WWID."""
+        names = set()
+        for device in devices:
+            try:
+                holders = list((self._sys / "block" / device / "holders").iterdir())
+            except OSError:
+                continue
+            for holder in holders:
+                try:
+                    if (holder / "dm" / "uuid").read_text().startswith("mpath-"):
+                        names.add((holder / "dm" / "name").read_text().strip())
+                except OSError:
+                    continue
+        return sorted(names)
 
     def size_bytes(self, wwid: str) -> int:
         dm = self.dm_name(wwid)

@@ -97,7 +97,8 @@ class NodeVolumes:
                      "attaching it again", volume_id, known.device)
         # A mkfs this volume's last stage started and never finished (a crash, a timeout) may be re-run:
         # nothing but that mkfs has written to the device since it was proven blank.
-        resume_mkfs = known is not None and known.mkfs_started and known.wwid == target.wwid
+        resume_mkfs = (known is not None and known.mkfs_started and known.access_type == access_type == "mount"
+                       and known.fs_type == fs_type)
         state = StageState(volume_id, target.iqn, target.portals, target.lun, target.wwid, staging_path,
                            access_type, fs_type, mkfs_started=resume_mkfs)
         self._states.put(state)  # before the first login: a crash from here on can be unstaged
@@ -131,7 +132,11 @@ class NodeVolumes:
                 fault_point("stage.after_mount")
             self._states.put(replace(state, phase=STAGED))
         except BaseException:
-            self._undo_stage(self._states.get(volume_id) or state, mounted_here, known)
+            try:
+                latest = self._states.get(volume_id) or state
+            except Exception:
+                latest = state
+            self._undo_stage(latest, mounted_here, known)
             raise
 
     def _undo_stage(self, state: StageState, mounted_here: bool, known: StageState | None) -> None:
@@ -141,9 +146,6 @@ class NodeVolumes:
             if mounted_here:
                 self._fs.umount(state.staging_path)
             self._detach(state.volume_id, state, known)
-            if state.mkfs_started:
-                # A mkfs was cut short: keep that fact (and nothing else) for the retry.
-                self._states.put(replace(state, device="", phase=ATTACHING))
         except Exception as exc:
             log.error("a failed NodeStageVolume of %s was not undone (%s); what is left stays recorded in its stage "
                       "state, and NodeUnstageVolume (or the next NodeStageVolume) clears it", state.volume_id, exc)
@@ -182,13 +184,19 @@ class NodeVolumes:
         wwid = recorded[0].wwid if recorded else contract.wwid(volume_id)
         lun = recorded[0].lun if recorded else 0
         devices = {s.device for s in recorded if s.device}
+        iqns = self._target_iqns(volume_id, *recorded)
+        paths = [d.name for s in self._attacher.sessions() if s.target_iqn in iqns
+                 for d in self._scsi.devices(s.sid, lun)]
+        devices |= {f"/dev/{p}" for p in paths}
         own: list[str] = []
         if self._maps is not None:
-            devices.add(str(self._maps.map_path(wwid)))
-            own = [d for d in [self._maps.dm_name(wwid)] if d]
-        iqns = self._target_iqns(volume_id, *recorded)
-        devices |= {f"/dev/{d.name}" for s in self._attacher.sessions() if s.target_iqn in iqns
-                    for d in self._scsi.devices(s.sid, lun)}
+            # The volume's maps: named by its WWID, or (user_friendly_names) whatever holds its paths.
+            for name in {wwid, *self._maps.maps_over(paths)}:
+                dm = self._maps.dm_name(name)
+                if dm:
+                    own.append(dm)
+                    node = self._maps.map_path(name)
+                    devices.add(str(node) if node.exists() else f"/dev/{dm}")  # udev may lag behind the map
         return [f"{device} {why}" for device in sorted(devices) for why in self._fs.users(device, allowed_holders=own)]
 
     def _detach(self, volume_id: str, state: StageState | None, known: StageState | None = None) -> None:
@@ -196,7 +204,8 @@ class NodeVolumes:
         node records), then its stage state; refused while any of its devices is mounted or held."""
         users = self._users(volume_id, state, known)
         if users:
-            raise FailedPrecondition(f"volume {volume_id} is in use ({'; '.join(users)}); not detaching it")
+            shown = "; ".join(users[:5]) + (f"; and {len(users) - 5} more" if len(users) > 5 else "")
+            raise FailedPrecondition(f"volume {volume_id} is in use ({shown}); not detaching it")
         wwid = state.wwid if state else contract.wwid(volume_id)
         lun = state.lun if state else 0
         for iqn in sorted(self._target_iqns(volume_id, state, known)):
@@ -206,7 +215,12 @@ class NodeVolumes:
             for iqn in self._iscsiadm.record_targets():
                 if iqn.endswith(":" + volume_id):
                     self._attacher.delete_records(iqn)
-        self._states.remove(volume_id)
+        if state is not None and state.mkfs_started:
+            # A mkfs was cut short: keep that fact (and nothing else) for the next stage, or the volume
+            # would be refused as "not blank" for ever.
+            self._states.put(replace(state, device="", phase=ATTACHING))
+        else:
+            self._states.remove(volume_id)
 
     def unstage(self, volume_id: str, staging_path: str) -> None:
         """Idempotent, needs no secrets, works without the state file; touches no other volume."""

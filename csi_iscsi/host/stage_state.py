@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from csi_iscsi.base.atomic import remove_durably, write_json_atomic
+from csi_iscsi.base.atomic import remove_durably, remove_stale_temps, write_json_atomic
 from csi_iscsi.contract import is_volume_id
 
 # attaching: a stage is in progress (or died); staged: done; unstaging: the staging mount is gone and
@@ -35,6 +35,7 @@ class StageStateStore:
     def __init__(self, directory: Path) -> None:
         self._dir = directory
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        remove_stale_temps(self._dir)
 
     def _path(self, volume_id: str) -> Path:
         if not is_volume_id(volume_id):

@@ -66,9 +66,22 @@ class VolumeRecord:
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> VolumeRecord:
+        """The record in a file; a field of the wrong type is an error here, not in a later call."""
         value = dict(value)
-        grants = {k: Grant(**v) for k, v in value.pop("grants", {}).items()}
-        return cls(**value, grants=grants)
+        raw_grants = value.pop("grants", {})
+        if not isinstance(raw_grants, dict):
+            raise TypeError("grants is not an object")
+        grants = {k: Grant(**v) for k, v in raw_grants.items()}
+        record = cls(**value, grants=grants)
+        for name, kind in (("volume_id", str), ("name", str), ("pool", str), ("capacity_bytes", int),
+                           ("access_type", str), ("authentication", str), ("state", str)):
+            if not isinstance(getattr(record, name), kind) or isinstance(getattr(record, name), bool):
+                raise TypeError(f"{name} is not a {kind.__name__}")
+        if not all(isinstance(m, str) for m in record.access_modes) or \
+                not all(isinstance(k, str) and isinstance(v, str) for k, v in record.parameters.items()) or \
+                not all(isinstance(g.readonly, bool) for g in record.grants.values()):
+            raise TypeError("access_modes, parameters or grants hold values of the wrong type")
+        return record
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,8 @@ class FileioPool:
         self.overprovision = overprovision
         self.preallocate = preallocate
         self.reserve = reserve
+        # Other fileio pools on the same filesystem: their files' claims come out of the same free space.
+        self.siblings: list[FileioPool] = []
 
     def _path(self, volume_id: str) -> Path:
         return self.directory / f"{volume_id}.img"
@@ -109,10 +111,15 @@ class FileioPool:
         return max(0, min(by_ratio, headroom - unclaimed))
 
     def _allocated(self, volume_id: str) -> int:
-        try:
-            return self._path(volume_id).stat().st_blocks * 512
-        except FileNotFoundError:
-            return 0
+        for pool in (self, *self.siblings):
+            try:
+                return pool._path(volume_id).stat().st_blocks * 512
+            except FileNotFoundError:
+                continue
+        return 0
+
+    def filesystem(self) -> int:
+        return os.stat(self.directory).st_dev
 
     def allocate(self, volume_id: str, size: int) -> Backing:
         path = self._path(volume_id)

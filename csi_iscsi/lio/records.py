@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-from csi_iscsi.base.atomic import remove_durably, write_json_atomic
+from csi_iscsi.base.atomic import remove_durably, remove_stale_temps, write_json_atomic
 from csi_iscsi.base.errors import Unavailable
 from csi_iscsi.contract import NodeId, is_volume_id
 from csi_iscsi.lio.api import READY, VolumeRecord
@@ -35,6 +35,7 @@ class RecordStore:
         self._dir = state_dir / "volumes"
         self._lock = threading.Lock()
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        remove_stale_temps(self._dir)
         self._records: dict[str, VolumeRecord] = {}
         self.unreadable: set[str] = set()
         for path in self._dir.glob("csi-*.json"):
@@ -43,9 +44,11 @@ class RecordStore:
                 continue
             try:
                 record = VolumeRecord.from_json(json.loads(path.read_text()))
-            except (ValueError, TypeError, KeyError) as exc:
-                log.error("volume record %s is unreadable (%s); calls on that volume fail until a person fixes "
-                          "or removes it", path, exc)
+                if record.volume_id != volume_id:
+                    raise ValueError(f"it names volume {record.volume_id}")
+            except Exception as exc:  # one bad file must not stop the controller (no fencing without it)
+                log.error("volume record %s is unreadable (%s: %s); calls on that volume, and ListVolumes, fail "
+                          "until a person repairs it", path, type(exc).__name__, exc)
                 self.unreadable.add(volume_id)
                 continue
             # Node ids written before IQNs were kept lowercase (as LIO keeps them) are read in that form.
@@ -80,8 +83,9 @@ class RecordStore:
         """The record, None if there is none; an unreadable one is an error, never "no such volume"
         (DeleteVolume would answer OK and leave the volume exported)."""
         if volume_id in self.unreadable:
-            raise Unavailable(f"the record of volume {volume_id} ({self._dir / volume_id}.json) is unreadable; fix "
-                              "or remove it, then restart the controller")
+            raise Unavailable(f"the record of volume {volume_id} ({self._dir / volume_id}.json) is unreadable; repair "
+                              "it (docs/troubleshooting.md), then restart the controller. Do not just delete it: "
+                              "the volume's LIO objects and data would be left unmanaged")
         with self._lock:
             return self._records.get(volume_id)
 
@@ -90,7 +94,12 @@ class RecordStore:
             return [self._records[i] for i in self._ids]
 
     def page(self, start_after: str, limit: int) -> tuple[list[VolumeRecord], str]:
-        """Records with ids > start_after (ready ones only), and the token for the next page."""
+        """Records with ids > start_after (ready ones only), and the token for the next page. With a
+        record unreadable the listing would be incomplete, and the attacher would take the missing
+        volumes for detached: an error instead."""
+        if self.unreadable:
+            raise Unavailable(f"volume records {sorted(self.unreadable)[:3]} are unreadable; ListVolumes would be "
+                              "incomplete (see the controller's log)")
         with self._lock:
             index = bisect.bisect_right(self._ids, start_after) if start_after else 0
             out: list[VolumeRecord] = []

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from csi_iscsi.base.atomic import write_atomic
+from csi_iscsi.base.atomic import remove_stale_temps, write_atomic
 
 DEBIAN_SAVE_FILE = Path("/etc/rtslib-fb-target/saveconfig.json")
 
@@ -28,6 +28,8 @@ class SavedConfig:
     def __init__(self, path: Path = DEBIAN_SAVE_FILE) -> None:
         self.path = path
         self._lock = threading.Lock()
+        if path.parent.is_dir():
+            remove_stale_temps(path.parent, path.name)
         doc: dict[str, Any] = {}
         if path.exists():
             doc = json.loads(path.read_text() or "{}")

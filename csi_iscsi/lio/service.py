@@ -26,13 +26,13 @@ from pathlib import Path
 from prometheus_client import Gauge
 
 from csi_iscsi import contract
-from csi_iscsi.base.errors import FailedPrecondition, NotFound, ResourceExhausted
+from csi_iscsi.base.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from csi_iscsi.base.faults import fault_point
 from csi_iscsi.chap import Chap
 from csi_iscsi.contract import NodeId
 from csi_iscsi.lio.api import CREATING, DELETING, READY, Grant, PoolInfo, VolumeRecord, VolumeSpec
 from csi_iscsi.lio.objects import CONFIGFS, Lio
-from csi_iscsi.lio.pools import Backing, Pool, Reservations
+from csi_iscsi.lio.pools import Backing, FileioPool, Pool, Reservations
 from csi_iscsi.lio.records import RecordStore
 from csi_iscsi.lio.saveconfig import SavedConfig
 
@@ -57,7 +57,16 @@ class LioTargetService:
         self._capacity_lock = threading.Lock()
         self._claims_lock = threading.Lock()
         self._reserved = Reservations()
+        self._share_filesystems()
 
+    def _share_filesystems(self) -> None:
+        """fileio pools on one filesystem promise the same free bytes: each counts the others' claims."""
+        fileio = [p for p in self._pools.values() if isinstance(p, FileioPool)]
+        for pool in fileio:
+            pool.siblings = [p for p in fileio if p is not pool and p.filesystem() == pool.filesystem()]
+            if pool.siblings:
+                log.warning("fileio pools %s share one filesystem; each counts the others' volumes against its free "
+                            "space", sorted([pool.name, *(p.name for p in pool.siblings)]))
     # Queries -------------------------------------------------------------------------------------
 
     def pools(self) -> dict[str, PoolInfo]:
@@ -76,8 +85,13 @@ class LioTargetService:
         return self._records.page(start_after, limit)
 
     def available_bytes(self, pool: str) -> int:
-        free = self._pools[pool].available_bytes(self._records.capacities(pool))
-        return max(0, free - self._reserved.held(pool))
+        target = self._pools[pool]
+        sharing = [pool, *(p.name for p in target.siblings)] if isinstance(target, FileioPool) else [pool]
+        provisioned: dict[str, int] = {}
+        for name in sharing:
+            provisioned.update(self._records.capacities(name))
+        free = target.available_bytes(provisioned)
+        return max(0, free - sum(self._reserved.held(name) for name in sharing))
 
     def ready(self) -> tuple[bool, str]:
         if not CONFIGFS.is_dir():
@@ -198,6 +212,7 @@ class LioTargetService:
 
     def publish(self, volume_id: str, node: NodeId, readonly: bool, chap: Chap | None) -> VolumeRecord:
         key = str(node)
+        self._ensure_exported(self._ready(volume_id))
         with self._claims_lock:  # two volumes published at once to two nodes with one IQN
             record = self._ready(volume_id)
             others = sorted(name for name in self._records.holders(node.initiator_iqn) if name != node.node_name)
@@ -222,6 +237,20 @@ class LioTargetService:
                 self._undo_publish(volume_id, node)
             raise
         return record
+
+    def _ensure_exported(self, record: VolumeRecord) -> None:
+        """A volume start-up could not export (its pool was not there yet) is exported now, or the
+        publish says why not; two configfs lookups when all is well."""
+        iqn = self.target_iqn(record.volume_id)
+        with self._lio_lock:
+            so_ok = self._lio.storage_object_exists(record.volume_id, iqn)
+            target_ok = self._lio.target_exists(iqn)
+        if so_ok and target_ok:
+            return
+        log.warning("volume %s is not exported in LIO (its pool was missing at start?); restoring it", record.volume_id)
+        if not self._restore(record, so_ok, target_ok):
+            raise Unavailable(f"volume {record.volume_id}'s data is missing from pool {record.pool}; it is not "
+                              "exported. Check that the pool's directory or volume group is there")
 
     def _undo_publish(self, volume_id: str, node: NodeId) -> None:
         try:

@@ -369,6 +369,15 @@ def run_setup(vol: Vol, scenario: Scenario) -> None:
         getattr(vol, step)()
 
 
+def reverse_path(vol: Vol, scenario: Scenario) -> None:
+    """From the converged call to nothing at all: what the CO does when the pod and the claim go."""
+    if scenario.rpc != "delete":
+        if scenario.rpc in ("stage", "node_expand"):
+            vol.node_publish()
+        vol.teardown()
+    nothing_left(vol.bed, vol.vid)
+
+
 # The matrix ------------------------------------------------------------------------------------------
 
 def crash_at(bed: Bed, point: str, restart: Callable[[str], Proc]) -> None:
@@ -393,13 +402,7 @@ def crash_at(bed: Bed, point: str, restart: Callable[[str], Proc]) -> None:
         vol.unstage()
         assert node_view(bed, vol.vid) == set(), f"NodeUnstage after a crash at {point} left {node_view(bed, vol.vid)}"
     getattr(vol, scenario.rpc)()  # the CO's retry converges
-    if scenario.rpc == "delete":
-        nothing_left(bed, vol.vid)
-        return
-    if scenario.rpc in ("stage", "node_expand"):
-        vol.node_publish()
-    vol.teardown()
-    nothing_left(bed, vol.vid)
+    reverse_path(vol, scenario)
 
 
 def raise_through(bed: Bed, group: str, restart: Callable[[str], Proc]) -> None:
@@ -421,13 +424,7 @@ def raise_through(bed: Bed, group: str, restart: Callable[[str], Proc]) -> None:
         assert err.value.code() == grpc.StatusCode.INTERNAL and point in err.value.details(), err.value
         record(point, "raise", diff(before, view(bed, vol.vid)))
     getattr(vol, scenario.rpc)()
-    if scenario.rpc == "delete":
-        nothing_left(bed, vol.vid)
-        return
-    if scenario.rpc in ("stage", "node_expand"):
-        vol.node_publish()
-    vol.teardown()
-    nothing_left(bed, vol.vid)
+    reverse_path(vol, scenario)
 
 
 def controller_bed() -> Bed:

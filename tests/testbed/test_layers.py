@@ -73,14 +73,14 @@ def test_export_attach_multipath_mkfs_mount_and_leave_nothing(pool_dir: Path, in
             assert Scsi().wwid(path) == wwid
 
         t = time.monotonic()
-        assert fs.ensure(attachment.device, "ext4") == "ext4"
+        assert fs.ensure(attachment.device, "ext4")[0] == "ext4"
         fs.mount(attachment.device, str(mountpoint), "ext4")
         timings["mkfs+mount"] = time.monotonic() - t
         data = os.urandom(8 * 1024 * 1024)
         (mountpoint / "data").write_bytes(data)
         fs.umount(str(mountpoint))
         # A second ensure must find the filesystem and leave it alone.
-        assert fs.ensure(attachment.device, "ext4") == "ext4"
+        assert fs.ensure(attachment.device, "ext4")[0] == "ext4"
         fs.mount(attachment.device, str(mountpoint), "ext4")
         subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=True)
         read_back = (mountpoint / "data").read_bytes()
@@ -139,7 +139,7 @@ def test_existing_filesystem_is_never_reformatted(pool_dir: Path, fstype: str) -
         f.truncate(300 * 1024 * 1024)
     try:
         assert fs.signature(str(image)) is None
-        assert fs.ensure(str(image), fstype) == fstype
+        assert fs.ensure(str(image), fstype) == (fstype, True)
         before = hashlib.sha256(image.read_bytes()).hexdigest()
         with pytest.raises(Exception, match="left untouched"):
             fs.ensure(str(image), "ext4")

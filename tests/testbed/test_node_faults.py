@@ -149,6 +149,15 @@ def clean() -> Iterator[None]:
     subprocess.run(["rm", "-rf", str(ROOT)], check=False)
 
 
+def stage_with_a_file(node: Stubs, vol: Exported) -> Path:
+    """A first stage (mkfs on the blank volume), a file written, an unstage: a volume with data."""
+    stage(node, vol)
+    staging = ROOT / "staging" / vol.volume_id
+    (staging / "precious").write_text("written before the fault\n")
+    unstage(node, vol.volume_id)
+    return staging
+
+
 # Finding 1: reads that fail never format ------------------------------------------------------------
 
 def test_reads_that_fail_while_writes_land_never_format_the_volume(clean: None, no_multipathd: None,
@@ -159,10 +168,7 @@ def test_reads_that_fail_while_writes_land_never_format_the_volume(clean: None, 
     with ExitStack() as stack:
         vol = stack.enter_context(exported("reads", initiator_iqn))
         node = node_plugin(stack, tmp_path, "--multipath", "off", "--device-timeout", "20")
-        stage(node, vol)
-        staging = ROOT / "staging" / vol.volume_id
-        (staging / "precious").write_text("written before the fault\n")
-        unstage(node, vol.volume_id)
+        staging = stage_with_a_file(node, vol)
         vol.device.reads_failing()
         start = time.monotonic()
         with pytest.raises(grpc.RpcError) as err:
@@ -187,10 +193,7 @@ def test_a_read_error_under_multipath_fails_the_stage_and_formats_nothing(clean:
     with ExitStack() as stack:
         vol = stack.enter_context(exported("eio", initiator_iqn))
         node = node_plugin(stack, tmp_path, "--device-timeout", "15", "--detach-timeout", "10")
-        stage(node, vol)
-        staging = ROOT / "staging" / vol.volume_id
-        (staging / "precious").write_text("written before the fault\n")
-        unstage(node, vol.volume_id)
+        staging = stage_with_a_file(node, vol)
         vol.device.failing()
         start = time.monotonic()
         with pytest.raises(grpc.RpcError) as err:
@@ -211,19 +214,27 @@ def test_a_read_error_under_multipath_fails_the_stage_and_formats_nothing(clean:
 
 # Findings 2, 3, 13, 14 through both plugins ---------------------------------------------------------
 
-@pytest.fixture
-def cluster(clean: None, tmp_path: Path, initiator_iqn: str) -> Iterator[Cluster]:
+def plugins(stack: ExitStack, tmp_path: Path, initiator_iqn: str, pool: str, *node_flags: str) -> Cluster:
+    """A controller with one pool and a node plugin, both on ROOT's state directory."""
+    state = ROOT / "state"
+    controller = stack.enter_context(running(controller_args(state, [pool], tmp_path / "save.json"),
+                                             tmp_path / "c.sock", tmp_path / "controller.log"))
+    node = stack.enter_context(running([*NODE_ARGS, "--state-dir", str(state), *node_flags], tmp_path / "n.sock",
+                                       tmp_path / "node.log"))
+    return Cluster(controller, node, str(NodeId("testbed", initiator_iqn)), ROOT, tmp_path / "n.sock",
+                   tmp_path / "node.log", state)
+
+
+def fileio_pool() -> str:
     pool = ROOT / "pool"
     pool.mkdir(parents=True, exist_ok=True)
-    state = ROOT / "state"
+    return f"name=default,type=fileio,path={pool}"
+
+
+@pytest.fixture
+def cluster(clean: None, tmp_path: Path, initiator_iqn: str) -> Iterator[Cluster]:
     with ExitStack() as stack:
-        controller = stack.enter_context(running(
-            controller_args(state, [f"name=default,type=fileio,path={pool}"], tmp_path / "save.json"),
-            tmp_path / "c.sock", tmp_path / "controller.log"))
-        node = stack.enter_context(running([*NODE_ARGS, "--state-dir", str(state), "--detach-timeout", "10"],
-                                           tmp_path / "n.sock", tmp_path / "node.log"))
-        yield Cluster(controller, node, str(NodeId("testbed", initiator_iqn)), ROOT, tmp_path / "n.sock",
-                      tmp_path / "node.log", state)
+        yield plugins(stack, tmp_path, initiator_iqn, fileio_pool(), "--detach-timeout", "10")
 
 
 def reboot_as_the_node_sees_it(volume_id: str) -> None:
@@ -265,16 +276,9 @@ def test_a_recorded_sdx_that_names_another_lun_after_a_reboot_is_not_trusted(cle
                                                                            tmp_path: Path, initiator_iqn: str) -> None:
     """Without multipath the state file records /dev/sdX; after a reboot the kernel hands that name to
     whichever LUN logs in first. Re-staging the first volume must not bind the second's device."""
-    pool, state = ROOT / "pool", ROOT / "state"
-    pool.mkdir(parents=True)
+    state = ROOT / "state"
     with ExitStack() as stack:
-        controller = stack.enter_context(running(
-            controller_args(state, [f"name=default,type=fileio,path={pool}"], tmp_path / "save.json"),
-            tmp_path / "c.sock", tmp_path / "controller.log"))
-        node = stack.enter_context(running([*NODE_ARGS, "--state-dir", str(state), "--multipath", "off"],
-                                           tmp_path / "n.sock", tmp_path / "node.log"))
-        cluster = Cluster(controller, node, str(NodeId("testbed", initiator_iqn)), ROOT, tmp_path / "n.sock",
-                          tmp_path / "node.log", state)
+        cluster = plugins(stack, tmp_path, initiator_iqn, fileio_pool(), "--multipath", "off")
         a = cluster.create("pvc-sdx-a", cap=block_cap())
         b = cluster.create("pvc-sdx-b", cap=block_cap())
         _, target_a = cluster.attach(a, block_cap())
@@ -374,16 +378,9 @@ def test_a_failed_restage_of_a_mounted_volume_in_use_leaves_it_working(clean: No
     """Kubelet stages again every volume it finds after a restart. If that happens while the target is
     unreachable, "already staged" is not proven (no logged-in session) and the re-stage fails; its
     undo must not log out or delete the device a pod is using: once the target is back, so is the pod."""
-    pool, state = ROOT / "pool", ROOT / "state"
-    pool.mkdir(parents=True)
     with ExitStack() as stack:
-        controller = stack.enter_context(running(
-            controller_args(state, [f"name=default,type=fileio,path={pool}"], tmp_path / "save.json"),
-            tmp_path / "c.sock", tmp_path / "controller.log"))
-        node = stack.enter_context(running([*NODE_ARGS, "--state-dir", str(state), "--multipath", "off",
-                                            "--device-timeout", "20"], tmp_path / "n.sock", tmp_path / "node.log"))
-        cluster = Cluster(controller, node, str(NodeId("testbed", initiator_iqn)), ROOT, tmp_path / "n.sock",
-                          tmp_path / "node.log", state)
+        cluster = plugins(stack, tmp_path, initiator_iqn, fileio_pool(), "--multipath", "off",
+                          "--device-timeout", "20")
         volume = cluster.create("pvc-restage-in-use")
         staging, target = cluster.attach(volume)
         (Path(target) / "data").write_text("in use\n")
@@ -419,6 +416,27 @@ def test_a_failed_restage_of_a_mounted_volume_in_use_leaves_it_working(clean: No
         assert leftovers(volume.volume_id, [staging, target]) == []
 
 
+def test_a_block_volume_with_partitions_unstages_and_leaves_no_partition_maps(cluster: Cluster) -> None:
+    """A VM disk on a block volume: a partition table makes kpartx map each partition on top of the
+    volume's map. Those maps are the volume's own and unused once the pod is gone: unstage removes
+    them with the map instead of refusing the volume as in use for ever."""
+    volume = cluster.create("pvc-parts", cap=block_cap())
+    staging, target = cluster.attach(volume, block_cap())
+    wwid = contract.wwid(volume.volume_id)
+    subprocess.run(["sfdisk", "-q", target], input="label: gpt\n,32M\n,\n", text=True, check=True,
+                   capture_output=True, timeout=120)
+    sh("udevadm", "settle")
+    deadline = time.monotonic() + 60
+    while len(list(Path("/dev/mapper").glob(f"{wwid}?*"))) < 2:
+        assert time.monotonic() < deadline, f"no partition maps appeared: {sorted(Path('/dev/mapper').iterdir())}"
+        time.sleep(1)
+    print(f"partition maps: {sorted(p.name for p in Path('/dev/mapper').glob(f'{wwid}?*'))}")
+    cluster.detach(volume)
+    assert list(Path("/dev/mapper").glob(f"{wwid}*")) == []
+    cluster.delete(volume)
+    assert leftovers(volume.volume_id, [staging, target]) == []
+
+
 # Failing blocks under a volume in use ---------------------------------------------------------------
 
 @contextmanager
@@ -446,15 +464,9 @@ def paths_states(wwid: str) -> list[str]:
 
 @pytest.fixture
 def thin_cluster(clean: None, tmp_path: Path, initiator_iqn: str, thin_vg: str) -> Iterator[Cluster]:
-    state = ROOT / "state"
     with ExitStack() as stack:
-        controller = stack.enter_context(running(
-            controller_args(state, [f"name=thin,type=lvm-thin,vg={thin_vg},thinpool=thin"], tmp_path / "save.json"),
-            tmp_path / "c.sock", tmp_path / "controller.log"))
-        node = stack.enter_context(running([*NODE_ARGS, "--state-dir", str(state), "--detach-timeout", "30"],
-                                           tmp_path / "n.sock", tmp_path / "node.log"))
-        yield Cluster(controller, node, str(NodeId("testbed", initiator_iqn)), ROOT, tmp_path / "n.sock",
-                      tmp_path / "node.log", state)
+        yield plugins(stack, tmp_path, initiator_iqn, f"name=thin,type=lvm-thin,vg={thin_vg},thinpool=thin",
+                      "--detach-timeout", "30")
 
 
 def test_failing_blocks_hold_io_like_a_dead_path_and_it_resumes_intact(thin_cluster: Cluster, thin_vg: str) -> None:

@@ -38,7 +38,7 @@ def plugins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path
         _serve("controller", socks["controller"], "--pool", f"name=default,type=fileio,path={pool}",
                "--portal", "127.0.0.11:3260", "--portal", "127.0.0.12:3260",
                "--state-dir", str(run / "state"), "--saveconfig", str(run / "saveconfig.json")),
-        _serve("node", socks["node"], "--node-name", "testbed"),
+        _serve("node", socks["node"], "--node-name", "testbed", "--state-dir", str(run / "state")),
     ]
     try:
         for name, proc in zip(("controller", "node"), procs, strict=True):
@@ -77,7 +77,7 @@ def test_unimplemented_calls_say_so(plugins: dict[str, Path]) -> None:
 def test_probe_is_not_ready_without_iscsid(tmp_path: Path) -> None:
     sock = tmp_path / "node.sock"
     subprocess.run(["systemctl", "stop", "iscsid.socket", "iscsid.service"], check=True)
-    proc = _serve("node", sock, "--node-name", "testbed")
+    proc = _serve("node", sock, "--node-name", "testbed", "--state-dir", str(tmp_path / "state"))
     try:
         with _wait_ready(sock, proc) as channel:
             probe = csi_pb2_grpc.IdentityStub(channel).Probe(csi_pb2.ProbeRequest(), timeout=10)

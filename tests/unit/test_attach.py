@@ -94,7 +94,7 @@ def test_detach_order_is_map_then_devices_then_logout_then_records(
     assert steps(runner) == [
         f"multipath -f {WWID}",
         "delete sdb", "delete sdc",
-        "node --logout",
+        "session -r 1 --logout", "session -r 2 --logout",
         "node -o delete",
     ]
 
@@ -146,5 +146,7 @@ def test_sessions_of_another_node_sharing_iscsid_are_not_ours(tmp_path: Path) ->
     assert [s.sid for s in attacher.sessions(IQN)] == [1]
     attacher.detach(IQN, 0, WWID)
     assert ("delete", "sdc") not in runner.calls and ("delete", "sdb") in runner.calls
-    logout = next(c for c in runner.calls if "--logout" in c)
-    assert "-I" in logout  # only this node's iface's sessions
+    logouts = [c for c in runner.calls if "--logout" in c]
+    assert logouts == [("iscsiadm", "-m", "session", "-r", "1", "--logout")]  # never the other node's session
+    delete = next(c for c in runner.calls if c[-2:] == ("-o", "delete"))
+    assert "-I" in delete  # and only this node's records, since another node still has the target

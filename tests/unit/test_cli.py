@@ -104,10 +104,3 @@ def test_a_second_node_plugin_on_the_same_state_dir_waits_for_the_first(tmp_path
                 proc.terminate()
                 proc.wait(30)
 
-
-def test_two_fileio_pools_on_one_filesystem_are_refused(tmp_path: Path) -> None:
-    """Each would promise the same free bytes: sparse volumes could then fill the filesystem under LIO."""
-    with pytest.raises(CsiIscsiError, match="one filesystem"):
-        build_services(args_for(tmp_path, "controller", "--portal", "10.0.0.1:3260",
-                                "--pool", f"name=a,type=fileio,path={tmp_path / 'a'}",
-                                "--pool", f"name=b,type=fileio,path={tmp_path / 'b'}"))

@@ -14,7 +14,7 @@ import pytest
 
 from csi_iscsi import contract
 from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
-from csi_iscsi.lio.pools import FileioPool
+from csi_iscsi.lio.pools import FileioPool, Pool
 from csi_iscsi.lio.saveconfig import SavedConfig
 from csi_iscsi.lio.service import LioTargetService
 from csi_iscsi.server import CsiServer, Services
@@ -44,11 +44,13 @@ class World:
         (tmp / "pool").mkdir(exist_ok=True)
         self.restart()
 
+    def pools(self) -> dict[str, Pool]:
+        return {"default": FileioPool("default", self.tmp / "pool", overprovision=1000)}
+
     def restart(self) -> None:
         self.service = LioTargetService(
-            {"default": FileioPool("default", self.tmp / "pool", overprovision=1000)},
-            ["10.0.0.1:3260", "10.0.1.1:3260"], self.tmp / "state", SavedConfig(self.tmp / "saveconfig.json"),
-            lio=self.lio)  # type: ignore[arg-type]
+            self.pools(), ["10.0.0.1:3260", "10.0.1.1:3260"], self.tmp / "state",
+            SavedConfig(self.tmp / "saveconfig.json"), lio=self.lio)  # type: ignore[arg-type]
         self.servicer = ControllerServicer(self.service)
         self.server = CsiServer(Services(identity=IdentityServicer(lambda: (True, "")), controller=self.servicer),
                                 f"unix://{self.tmp}/c.sock")

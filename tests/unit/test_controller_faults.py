@@ -15,9 +15,9 @@ import pytest
 from csi_iscsi import contract
 from csi_iscsi.csi import csi_pb2
 from csi_iscsi.lio.objects import Lio
-from csi_iscsi.lio.pools import FileioPool, LvmThinPool
+from csi_iscsi.lio.pools import FileioPool, LvmThinPool, Pool
 from tests.fakes import FakeLvm, FakeRunner
-from tests.unit.test_controller import NODE, MiB, Mode, World, cap, code_of
+from tests.unit.test_controller import NODE, NODE2, MiB, Mode, World, cap, code_of
 
 GiB = 1024 * MiB
 IQN_A = "iqn.1993-08.org.debian:01:aaa"
@@ -168,25 +168,8 @@ class LvmWorld(World):
         self.runner = FakeRunner(responders=[self.lvm.respond])
         super().__init__(tmp)
 
-    def restart(self) -> None:
-        from csi_iscsi.lio.saveconfig import SavedConfig
-        from csi_iscsi.lio.service import LioTargetService
-        from csi_iscsi.server import CsiServer, Services
-        from csi_iscsi.servicers.controller import ControllerServicer
-        from csi_iscsi.servicers.identity import IdentityServicer
-
-        self.service = LioTargetService(
-            {"thin": LvmThinPool("thin", self.runner, "vg0", "thin")}, ["10.0.0.1:3260"], self.tmp / "state",
-            SavedConfig(self.tmp / "saveconfig.json"), lio=self.lio)  # type: ignore[arg-type]
-        self.servicer = ControllerServicer(self.service)
-        self.server = CsiServer(Services(identity=IdentityServicer(lambda: (True, "")), controller=self.servicer),
-                                f"unix://{self.tmp}/c.sock")
-        self.server.start()
-        import grpc as grpc_
-
-        from csi_iscsi.csi import csi_pb2_grpc
-        self.channel = grpc_.insecure_channel(f"unix:{self.tmp}/c.sock")
-        self.stub = csi_pb2_grpc.ControllerStub(self.channel)
+    def pools(self) -> dict[str, Pool]:
+        return {"thin": LvmThinPool("thin", self.runner, "vg0", "thin")}
 
 
 @pytest.fixture
@@ -348,3 +331,42 @@ def test_a_create_with_other_access_modes_is_already_exists(world: World) -> Non
     req = csi_pb2.CreateVolumeRequest(name="pvc-modes", capacity_range=csi_pb2.CapacityRange(required_bytes=64 * MiB),
                                       volume_capabilities=[cap(Mode.SINGLE_NODE_READER_ONLY)])
     assert code_of(world.stub.CreateVolume, req) == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_fileio_pools_on_one_filesystem_count_each_others_claims(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from csi_iscsi.lio.saveconfig import SavedConfig
+    from csi_iscsi.lio.service import LioTargetService
+    from tests.fakes import FakeLio
+
+    fake_fs(monkeypatch, total=10 * GiB, avail=GiB)
+    pools = {name: FileioPool(name, tmp_path / name) for name in ("a", "b")}
+    for pool in pools.values():
+        pool.directory.mkdir()
+    service = LioTargetService(pools, ["10.0.0.1:3260"], tmp_path / "state",  # type: ignore[arg-type]
+                               SavedConfig(tmp_path / "save.json"), lio=FakeLio())  # type: ignore[arg-type]
+    before = service.available_bytes("b")
+    from csi_iscsi.lio.api import VolumeSpec
+    service.create(VolumeSpec(contract.volume_id_for_name("x"), "x", "a", 256 * MiB, "mount",
+                              ("SINGLE_NODE_WRITER",), {"pool": "a"}, "none"))
+    assert service.available_bytes("b") == before - 256 * MiB
+
+
+def test_listing_volumes_with_a_record_unreadable_is_an_error_not_a_short_list(world: World) -> None:
+    vid = world.create("pvc-torn-list").volume_id
+    world.stop()
+    (world.tmp / "state" / "volumes" / f"{vid}.json").write_text('{"volume_id": 1}')
+    world.restart()
+    assert code_of(world.stub.ListVolumes, csi_pb2.ListVolumesRequest()) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_publish_exports_a_volume_start_up_could_not(world: World) -> None:
+    vid = world.create("pvc-late-pool").volume_id
+    world.lio.targets.pop(contract.target_iqn(vid))
+    world.lio.storage_objects.pop(vid)
+    world.publish(vid)
+    assert contract.target_iqn(vid) in world.lio.targets
+    other = world.create("pvc-no-data").volume_id
+    world.lio.targets.pop(contract.target_iqn(other))
+    (world.tmp / "pool" / f"{other}.img").unlink()
+    assert code_of(world.publish, other, NODE2) == grpc.StatusCode.UNAVAILABLE

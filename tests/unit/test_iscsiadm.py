@@ -86,7 +86,7 @@ def test_cleanup_of_missing_things_is_fine() -> None:
     runner = FakeRunner()
     runner.on(["iscsiadm"], returncode=21)
     adm = Iscsiadm(runner)
-    adm.logout_target(IQN, timeout=5)
+    adm.logout_session(7, timeout=5)
     adm.delete_target_records(IQN)
     assert adm.record_targets() == []
 

@@ -103,13 +103,14 @@ class NodeWorld:
                 (device / "wwid").write_text(f"naa.{WWID[1:]}\n")
             with contextlib.suppress(FileExistsError):  # the two portals log in concurrently
                 os.symlink(self.dev / "dm-0", self.dev / "mapper" / WWID)
+        if argv[:2] == ("iscsiadm", "-m") and "--logout" in argv:  # per session, portal or target-wide
+            self.logged_in = False
+            self._session_names(present=False)
+            return 0, ""
         if argv[:3] == ("iscsiadm", "-m", "session"):
             if not self.logged_in:
                 return 21, ""
             return 0, "".join(f"tcp: [{i}] {p},1 {IQN} (non-flash)\n" for i, p in enumerate(PORTALS, 1))
-        if argv[:2] == ("iscsiadm", "-m") and "--logout" in argv:  # per portal or target-wide
-            self.logged_in = False
-            self._session_names(present=False)
         if argv[:4] == ("iscsiadm", "-m", "node", "-T") and len(argv) == 5:
             return 0, "".join(f"{p},1 {IQN}\n" for p in PORTALS)
         if argv[0] == "blkid":
@@ -140,7 +141,8 @@ class NodeWorld:
     def steps(self) -> list[str]:
         keep = []
         for c in self.runner.calls:
-            if c[0] == "iscsiadm" and ("update" in c or c[1:3] == ("-m", "session") or len(c) == 5):
+            if c[0] == "iscsiadm" and ("update" in c or (c[1:3] == ("-m", "session") and "--logout" not in c)
+                                       or len(c) == 5):
                 continue
             if c[0] == "iscsiadm":
                 c = tuple(x for x in c if x not in (IQN, "iscsiadm", "-T", "-m", "-p", "node"))
@@ -198,7 +200,7 @@ def test_unstage_order_umount_flush_delete_logout_forget(world: NodeWorld) -> No
         f"umount {world.tmp}/staging",
         f"multipath -f {WWID}",
         "delete sdb", "delete sdc",
-        "--logout",
+        "session -r 1 --logout", "session -r 2 --logout",
         "-o delete",
     ]
     assert not (world.tmp / "state" / f"{VID}.json").exists()

@@ -4,6 +4,7 @@ proven on the real kernel in tests/testbed/test_node_faults.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -272,3 +273,29 @@ def test_node_expand_that_did_not_reach_the_size_asked_for_says_so(world: NodeWo
             volume_id=VID, volume_path=f"{world.tmp}/staging",
             capacity_range=csi_pb2.CapacityRange(required_bytes=128 * 1024 * 1024)))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "ControllerExpandVolume" in err.value.details()
+
+
+def test_a_stale_mkfs_marker_never_formats_over_a_filesystem_blkid_missed_once(world: NodeWorld) -> None:
+    """A marker a failed stage left long ago; meanwhile another node made a filesystem on the volume.
+    Here blkid fails once (exit 2, as on a read error): the marker must not let mkfs run over it."""
+    state = world.tmp / "state" / f"{VID}.json"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps({"volume_id": VID, "target_iqn": CTX["targetIQN"], "portals": CTX["portals"].split(","),
+                                 "lun": 0, "wwid": WWID, "staging_path": f"{world.tmp}/staging",
+                                 "access_type": "mount", "fs_type": "ext4", "device": "", "phase": "attaching",
+                                 "mkfs_started": True}))
+    (world.dev / "dm-0").write_bytes(b"\0" * 1024 + b"\x53\xef" + b"data" * 1000)
+    world.runner.on(["blkid"], stdout="TYPE=ext4\n")
+    world.runner.on(["blkid"], returncode=2, times=1)
+    world.stage()
+    assert not any(c[0].startswith("mkfs") for c in world.runner.calls)
+
+
+def test_an_unstage_after_a_mkfs_cut_short_keeps_its_marker(world: NodeWorld) -> None:
+    world.runner.on(["mkfs.ext4"], returncode=1, times=1)
+    with pytest.raises(grpc.RpcError):
+        world.stage()
+    (world.dev / "dm-0").write_bytes(b"\1" * 4096)  # what the dead mkfs wrote
+    world.unstage()  # kubelet's way out when the pod went away meanwhile
+    world.stage()
+    assert sum(1 for c in world.runner.calls if c[0] == "mkfs.ext4") == 2
