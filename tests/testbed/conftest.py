@@ -35,25 +35,64 @@ def initiator_iqn() -> str:
     return read_initiator_name()
 
 
+def scrub_iscsi_and_lio(vg: str | None = None) -> None:
+    """What a failed test can leave between this suite's tests, so it fails alone and not the next
+    ones too: mounts of iSCSI devices, our sessions and node records, unused maps, our LIO targets,
+    and the LIO block objects over the test volume group (which would keep it from being removed)."""
+    import subprocess
+
+    from csi_iscsi import contract
+    from csi_iscsi.host.mounts import MountTable
+
+    iscsi = ("/dev/mapper/3", "/dev/sd", "/dev/dm-")
+    for target in sorted({m.target for m in MountTable().all() if m.source.startswith(iscsi)}, key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], check=False, capture_output=True)
+    prefix = contract.DEFAULT_TARGET_IQN_PREFIX + ":"
+    sessions = subprocess.run(["iscsiadm", "-m", "session"], capture_output=True, text=True).stdout
+    for iqn in sorted({w for line in sessions.splitlines() for w in line.split() if w.startswith(prefix)}):
+        subprocess.run(["iscsiadm", "-m", "node", "-T", iqn, "--logout"], check=False, capture_output=True, timeout=120)
+    subprocess.run(["iscsiadm", "-m", "node", "-o", "delete"], check=False, capture_output=True)
+    subprocess.run(["multipath", "-F"], check=False, capture_output=True, timeout=120)
+    from rtslib_fb import RTSRoot
+
+    root = RTSRoot()
+    for target in list(root.targets):
+        if target.wwn.startswith(prefix):
+            target.delete()
+    if vg is not None:
+        for so in list(root.storage_objects):
+            if so.plugin == "block" and so.udev_path.startswith((f"/dev/{vg}/", f"/dev/mapper/{vg}-")):
+                so.delete()
+
+
 @pytest.fixture
 def thin_vg() -> Iterator[str]:
     """An LVM thin pool on a loop device inside the VM: volume group csitest, thin pool thin."""
     import subprocess
 
-    image = Path("/var/tmp/csitest-thin.img")
+    vg, image = "csitest", Path("/var/tmp/csitest-thin.img")
+
+    def remove() -> None:
+        scrub_iscsi_and_lio(vg)
+        subprocess.run(["vgremove", "-q", "-f", vg], check=False, capture_output=True)
+        for line in subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True).stdout.splitlines():
+            loop_dev = line.split(":")[0]
+            subprocess.run(["pvremove", "-q", "-f", loop_dev], check=False, capture_output=True)
+            subprocess.run(["losetup", "-d", loop_dev], check=False)
+        image.unlink(missing_ok=True)
+
+    remove()  # a test that failed before may have left it
     subprocess.run(["truncate", "-s", "1G", str(image)], check=True)
     loop = subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True,
                           text=True).stdout.strip()
     try:
-        for cmd in (["pvcreate", "-q", loop], ["vgcreate", "-q", "csitest", loop],
-                    ["lvcreate", "-q", "-y", "-L", "800M", "-T", "csitest/thin"]):
-            subprocess.run(cmd, check=True, capture_output=True)
-        yield "csitest"
+        for cmd in (["pvcreate", "-q", loop], ["vgcreate", "-q", vg, loop],
+                    ["lvcreate", "-q", "-y", "-L", "800M", "-T", f"{vg}/thin"]):
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            assert done.returncode == 0, f"{cmd}: {done.stderr.strip()}"
+        yield vg
     finally:
-        subprocess.run(["vgremove", "-q", "-f", "csitest"], check=False, capture_output=True)
-        subprocess.run(["pvremove", "-q", loop], check=False, capture_output=True)
-        subprocess.run(["losetup", "-d", loop], check=False)
-        image.unlink(missing_ok=True)
+        remove()
 
 
 def leftovers(volume_id: str, mountpoints: list[str] = ()) -> list[str]:  # type: ignore[assignment]

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from csi_iscsi.csi import csi_pb2
 from csi_iscsi.host.mounts import MountTable
 from csi_iscsi.host.scsi import Scsi
 
+from .conftest import scrub_iscsi_and_lio
 from .plugins import PORTALS, MiB, Stubs, mount_cap
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "failure-modes.md"
@@ -114,12 +116,7 @@ def bed_dirs() -> Iterator[None]:
     subprocess.run(["rm", "-rf", str(ROOT)], check=False)
     (ROOT / "logs").mkdir(parents=True)
     yield
-    from csi_iscsi.lio.objects import Lio
-
-    lio = Lio()
-    for iqn in lio.target_iqns(contract.DEFAULT_TARGET_IQN_PREFIX + ":"):
-        lio.delete_target(iqn)
-    subprocess.run(["iscsiadm", "-m", "node", "-o", "delete"], check=False, capture_output=True)
+    scrub_iscsi_and_lio()
     if REPORTS.is_dir():
         subprocess.run(["cp", "-r", str(ROOT / "logs"), str(REPORTS / "crash-matrix-logs")], check=False)
 
@@ -427,6 +424,18 @@ def raise_through(bed: Bed, group: str, restart: Callable[[str], Proc]) -> None:
     reverse_path(vol, scenario)
 
 
+@contextmanager
+def step(bed: Bed, where: str) -> Iterator[None]:
+    """One step of the matrix; when it fails, the message names the point and carries the plugins'
+    last log lines, so that a CI log that shows only the summary still says what happened."""
+    try:
+        yield
+    except BaseException as exc:
+        tails = [f"--- last lines of {log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+                 for log in sorted(bed.logs.glob("*.log"))]
+        raise AssertionError(f"matrix step {where} failed: {type(exc).__name__}: {exc}\n" + "\n".join(tails)) from exc
+
+
 def controller_bed() -> Bed:
     pool = ROOT / "pool"
     pool.mkdir(parents=True, exist_ok=True)
@@ -445,9 +454,11 @@ def test_controller_crash_and_error_at_every_point_converge(bed_dirs: None) -> N
     start = time.monotonic()
     try:
         for point in CONTROLLER_POINTS:
-            crash_at(bed, point, restart)
+            with step(bed, f"crash at {point}"):
+                crash_at(bed, point, restart)
         for group in CONTROLLER_GROUPS:
-            raise_through(bed, group, restart)
+            with step(bed, f"errors through {group}"):
+                raise_through(bed, group, restart)
     finally:
         if bed.controller is not None and bed.controller.proc.poll() is None:
             bed.controller.stop()
@@ -468,9 +479,11 @@ def test_node_crash_and_error_at_every_point_converge(bed_dirs: None, thin_vg: s
     start = time.monotonic()
     try:
         for point in NODE_POINTS:
-            crash_at(bed, point, restart)
+            with step(bed, f"crash at {point}"):
+                crash_at(bed, point, restart)
         for group in ("stage", "unstage", "node_publish", "node_unpublish", "node_expand"):
-            raise_through(bed, group, restart)
+            with step(bed, f"errors through {group}"):
+                raise_through(bed, group, restart)
     finally:
         for proc in (bed.node, bed.controller):
             if proc is not None and proc.proc.poll() is None:
