@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from csi_iscsi.base.errors import CsiIscsiError, DeadlineExceeded, FailedPrecondition, Unavailable
 from csi_iscsi.base.faults import fault_point
+from csi_iscsi.base.runner import CommandFailed
 from csi_iscsi.chap import Chap
 from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
 from csi_iscsi.host.multipath import Multipath
@@ -144,11 +145,21 @@ class Attacher:
             if time.monotonic() > deadline:
                 raise DeadlineExceeded(f"SCSI devices {devices} of {target_iqn} did not go away")
             time.sleep(self._poll)
+        if self._maps is not None and self._maps.dm_name(wwid) is not None:
+            # multipathd, behind on its udev events, built the map again over paths that were going.
+            self._maps.flush(wwid, deadline=deadline)
         fault_point("unstage.after_devices")
         # By session id: this node's sessions whatever record or iface made them (an older version's,
         # one made by hand), and never another node's that shares this iscsid.
         for session in sessions:
-            self._iscsiadm.logout_session(session.sid, timeout=max(1.0, deadline - time.monotonic()))
+            try:
+                self._iscsiadm.logout_session(session.sid, timeout=max(1.0, deadline - time.monotonic()))
+            except CommandFailed:
+                # iscsiadm's exit for a session that ended while it looked (2, 21 or 22 by version and
+                # timing) is no failure of ours: gone is what the logout was for.
+                if self._scsi.session_exists(session.sid):
+                    raise
+                log.info("iSCSI session %d of %s ended before its logout", session.sid, target_iqn)
         fault_point("unstage.after_logout")
         self.delete_records(target_iqn)
         fault_point("unstage.after_records")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Collection
 from pathlib import Path
 
-from csi_iscsi.base.errors import DeadlineExceeded
+from csi_iscsi.base.errors import CsiIscsiError, DeadlineExceeded
 from csi_iscsi.base.runner import CommandFailed, Runner
+
+log = logging.getLogger(__name__)
 
 MULTIPATH = "multipath"
 MULTIPATHD = "multipathd"
@@ -63,17 +66,25 @@ class Multipath:
         want = set(devices)
         start = time.monotonic()
         nudged = False
+        path = self.map_path(wwid)
         while True:
-            if want <= set(self.slaves(wwid)):
-                return self.map_path(wwid)
+            # The kernel shows the map and its paths in sysfs as soon as its table is loaded;
+            # /dev/mapper/<wwid> comes only after udev has run its rules, hundreds of ms later on a
+            # slow node. The caller opens the path next, so only the path's existence ends the wait.
+            if want <= set(self.slaves(wwid)) and path.exists():
+                return path
             elapsed = time.monotonic() - start
             if elapsed > timeout:
                 raise DeadlineExceeded(
                     f"multipath map {wwid} did not appear with paths {sorted(want)} within {timeout:g} s "
-                    f"(has {self.slaves(wwid)}); is multipathd running with find_multipaths no?")
+                    f"(has {self.slaves(wwid)}, {path} {'exists' if path.exists() else 'absent'}); "
+                    "is multipathd running with find_multipaths no, and udev?")
             if not nudged and elapsed > nudge_after:
                 nudged = True
-                self._runner.run([MULTIPATH, wwid], ok_codes=(0, 1), timeout=max(1.0, timeout - elapsed))
+                try:
+                    self._runner.run([MULTIPATH, wwid], ok_codes=(0, 1), timeout=max(1.0, timeout - elapsed))
+                except CsiIscsiError as exc:  # multipathd may still build it: the deadline decides
+                    log.warning("asking multipath for map %s failed: %s", wwid, exc)
             time.sleep(self._poll)
 
     def maps_over(self, devices: Collection[str]) -> list[str]:

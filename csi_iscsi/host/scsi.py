@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +58,9 @@ class Scsi:
             found.append(IscsiSession(sid, f"{host}:{port}", iqn, state, initiator))
         return found
 
+    def session_exists(self, sid: int) -> bool:
+        return (self._sys / "class/iscsi_session" / f"session{sid}").exists()
+
     def _session_dir(self, sid: int) -> Path:
         return (self._sys / "class/iscsi_session" / f"session{sid}" / "device").resolve()
 
@@ -109,5 +112,10 @@ class Scsi:
 
     def delete(self, device: str) -> None:
         """Remove the SCSI device from the kernel (after its data was flushed and its map removed)."""
-        with contextlib.suppress(FileNotFoundError):  # already gone
+        try:
             (self._sys / "block" / device / "device/delete").write_text("1")
+        except FileNotFoundError:
+            pass  # already gone
+        except OSError as exc:
+            if exc.errno not in (errno.ENODEV, errno.ENXIO):  # being removed by the kernel already
+                raise

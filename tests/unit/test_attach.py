@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from csi_iscsi.base.errors import FailedPrecondition, Unavailable
+from csi_iscsi.base.runner import CommandFailed
 from csi_iscsi.host.attach import Attacher, AttachTimeouts
 from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
 from csi_iscsi.host.multipath import Multipath
@@ -97,6 +98,55 @@ def test_detach_order_is_map_then_devices_then_logout_then_records(
         "session -r 1 --logout", "session -r 2 --logout",
         "node -o delete",
     ]
+
+
+def test_a_session_that_ends_during_its_logout_is_not_a_failed_detach(
+        world: tuple[FakeRunner, Attacher, Path]) -> None:
+    """iscsiadm fails the logout of a session that ended while it looked (its target dropped it):
+    the session is gone, which is what the detach wanted; one still there is a failure."""
+    runner, attacher, sys_ = world
+
+    def ends_during_logout(argv: tuple[str, ...]) -> tuple[int, str] | None:
+        if argv[:5] == ("iscsiadm", "-m", "session", "-r", "1"):
+            shutil.rmtree(sys_ / "class/iscsi_session/session1")
+            return 22, ""
+        return None
+
+    runner.responders.insert(0, ends_during_logout)
+    attacher.detach(IQN, 0, WWID)
+    assert steps(runner)[-2:] == ["session -r 2 --logout", "node -o delete"]
+    runner.on(["iscsiadm", "-m", "session", "-r", "2"], returncode=9)
+    with pytest.raises(CommandFailed):
+        attacher.detach(IQN, 0, WWID)
+
+
+def test_a_map_multipathd_builds_again_during_the_detach_is_flushed_too(
+        world: tuple[FakeRunner, Attacher, Path]) -> None:
+    """multipathd behind on its udev events builds the map again after the first flush: the detach
+    finds it once the paths are gone and flushes it, rather than leave an orphan map."""
+    runner, attacher, sys_ = world
+    rebuilt = sys_ / "block/dm-7/dm"
+
+    def rebuild_on_first_delete(argv: tuple[str, ...]) -> tuple[int, str] | None:
+        if argv[:2] == ("multipath", "-f") and rebuilt.exists():
+            shutil.rmtree(rebuilt.parent)
+            return 0, ""
+        return None
+
+    runner.responders.insert(0, rebuild_on_first_delete)
+    scsi_delete = attacher._scsi.delete
+
+    def delete(device: str) -> None:
+        scsi_delete(device)
+        if device == "sdb":
+            rebuilt.mkdir(parents=True)
+            (rebuilt / "name").write_text(WWID + "\n")
+
+    attacher._scsi.delete = delete  # type: ignore[method-assign]
+    attacher.detach(IQN, 0, WWID)
+    assert steps(runner) == [f"multipath -f {WWID}", "delete sdb", "delete sdc", f"multipath -f {WWID}",
+                             "session -r 1 --logout", "session -r 2 --logout", "node -o delete"]
+    assert not rebuilt.parent.exists()
 
 
 def test_detach_leaves_other_targets_alone(world: tuple[FakeRunner, Attacher, Path]) -> None:

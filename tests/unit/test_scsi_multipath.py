@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -79,6 +80,24 @@ def test_map_is_found_with_all_its_paths(tmp_path: Path) -> None:
     dev, sys_ = make_map(tmp_path, ["sdb", "sdc"])
     mp = Multipath(FakeRunner(), dev=dev, sysfs=sys_)
     assert mp.wait_for_map(WWID, ["sdb", "sdc"], timeout=1) == dev / "mapper" / WWID
+
+
+def test_a_map_udev_has_not_linked_yet_is_waited_for(tmp_path: Path) -> None:
+    """The kernel lists the map and both paths in sysfs before udev makes /dev/mapper/<wwid>: the
+    caller opens that path next, so the wait goes on until it exists."""
+    dev, sys_ = make_map(tmp_path, ["sdb", "sdc"])
+    (dev / "mapper" / WWID).unlink()
+    (sys_ / "block/dm-3/dm").mkdir()
+    (sys_ / "block/dm-3/dm/name").write_text(WWID + "\n")
+    mp = Multipath(FakeRunner(), dev=dev, sysfs=sys_, poll_interval=0.01)
+    with pytest.raises(DeadlineExceeded, match="absent"):
+        mp.wait_for_map(WWID, ["sdb", "sdc"], timeout=0.2, nudge_after=10)
+    link = threading.Timer(0.2, os.symlink, (dev / "dm-3", dev / "mapper" / WWID))
+    link.start()
+    start = time.monotonic()
+    path = mp.wait_for_map(WWID, ["sdb", "sdc"], timeout=5, nudge_after=10)
+    link.join()
+    assert path.exists() and time.monotonic() - start >= 0.15
 
 
 def test_map_missing_a_path_times_out_with_a_useful_message(tmp_path: Path) -> None:
