@@ -35,10 +35,11 @@ def initiator_iqn() -> str:
     return read_initiator_name()
 
 
-def scrub_iscsi_and_lio(vg: str | None = None) -> None:
+def scrub_iscsi_and_lio(vg: str | None = None, pool_dirs: tuple[Path, ...] = ()) -> None:
     """What a failed test can leave between this suite's tests, so it fails alone and not the next
     ones too: mounts of iSCSI devices, our sessions and node records, unused maps, our LIO targets,
-    and the LIO block objects over the test volume group (which would keep it from being removed)."""
+    and the LIO objects over the test volume group (which would keep it from being removed) or over
+    files in pool_dirs."""
     import subprocess
 
     from csi_iscsi import contract
@@ -59,10 +60,10 @@ def scrub_iscsi_and_lio(vg: str | None = None) -> None:
     for target in list(root.targets):
         if target.wwn.startswith(prefix):
             target.delete()
-    if vg is not None:
-        for so in list(root.storage_objects):
-            if so.plugin == "block" and so.udev_path.startswith((f"/dev/{vg}/", f"/dev/mapper/{vg}-")):
-                so.delete()
+    owned = tuple(f"{d}/" for d in pool_dirs) + ((f"/dev/{vg}/", f"/dev/mapper/{vg}-") if vg else ())
+    for so in list(root.storage_objects):
+        if owned and so.plugin in ("block", "fileio") and str(so.udev_path).startswith(owned):
+            so.delete()
 
 
 @pytest.fixture

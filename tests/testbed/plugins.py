@@ -56,6 +56,14 @@ def controller_args(state: Path, pools: list[str], saveconfig: Path | None = Non
     return args
 
 
+def plugin_channel(sock: Path) -> grpc.Channel:
+    """A channel to a plugin that is starting: gRPC's default reconnect backoff grows to tens of
+    seconds while the socket is not there yet, which a slow start on the VM can make a timeout."""
+    return grpc.insecure_channel(f"unix:{sock}", options=[("grpc.initial_reconnect_backoff_ms", 200),
+                                                         ("grpc.min_reconnect_backoff_ms", 200),
+                                                         ("grpc.max_reconnect_backoff_ms", 1000)])
+
+
 @contextmanager
 def running(args: list[str], sock: Path, log: Path | None = None, prefix: tuple[str, ...] = ()) -> Iterator[Plugin]:
     """One plugin process serving on sock; stopped with SIGTERM (and checked to stop cleanly).
@@ -63,7 +71,7 @@ def running(args: list[str], sock: Path, log: Path | None = None, prefix: tuple[
     out = open(log, "ab") if log else None  # noqa: SIM115 - closed below
     proc = subprocess.Popen([*prefix, sys.executable, "-m", "csi_iscsi", args[0], "--endpoint", f"unix://{sock}",
                              *args[1:]], stdout=out, stderr=out)
-    channel = grpc.insecure_channel(f"unix:{sock}")
+    channel = plugin_channel(sock)
     plugin: Plugin | None = None
     try:
         try:

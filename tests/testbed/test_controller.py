@@ -25,6 +25,7 @@ from csi_iscsi.host.multipath import Multipath
 from csi_iscsi.host.scsi import Scsi
 from csi_iscsi.lio.objects import Lio
 
+from .conftest import scrub_iscsi_and_lio
 from .plugins import PORTALS, MiB, Plugin, controller_args, mount_cap, running
 
 SAVEFILE = Path("/etc/rtslib-fb-target/saveconfig.json")
@@ -36,13 +37,16 @@ def env(tmp_path: Path) -> Iterator[dict[str, Path]]:
     pool.mkdir(parents=True, exist_ok=True)
     state = Path("/var/lib/csi-iscsi-test/controller")
     paths = {"pool": pool, "state": state, "sock": tmp_path / "controller.sock", "log": tmp_path / "ctrl.log"}
+    saved = SAVEFILE.read_bytes() if SAVEFILE.exists() else None
     yield paths
-    # Whatever a failed test left: remove our targets and records so the next test starts clean.
-    lio = Lio()
-    for iqn in lio.target_iqns("iqn.2026-11.io.csi-iscsi:"):
-        lio.delete_target(iqn)
+    # Whatever a failed test left: sessions, maps, our targets and storage objects, records, and the
+    # system's saved LIO config as it was (a target restart would otherwise bring the leftovers back).
+    scrub_iscsi_and_lio(pool_dirs=(pool,))
     subprocess.run(["rm", "-rf", str(state), str(pool)], check=False)
-    subprocess.run(["iscsiadm", "-m", "node", "-o", "delete"], check=False, capture_output=True)
+    if saved is None:
+        SAVEFILE.unlink(missing_ok=True)
+    else:
+        SAVEFILE.write_bytes(saved)
 
 
 def start(env: dict[str, Path]) -> Iterator[Plugin]:

@@ -35,14 +35,14 @@ from csi_iscsi.host.mounts import MountTable
 from csi_iscsi.host.scsi import Scsi
 
 from .conftest import scrub_iscsi_and_lio
-from .plugins import PORTALS, MiB, Stubs, mount_cap
+from .plugins import PORTALS, MiB, Stubs, mount_cap, plugin_channel
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "failure-modes.md"
 REPORTS = Path("test-results")
 ROOT = Path("/var/tmp/csi-crash")
 CONFIGFS = Path("/sys/kernel/config/target")
 NODE_NAME = "testbed"
-NODE_FLAGS = ["--replacement-timeout", "5", "--noop-interval", "2", "--noop-timeout", "2", "--login-timeout", "5",
+NODE_FLAGS = ["--replacement-timeout", "5", "--noop-interval", "5", "--noop-timeout", "5", "--login-timeout", "5",
               "--detach-timeout", "30", "--device-timeout", "20"]
 OBSERVED: dict[str, dict[str, list[str]]] = {}  # point -> {"crash": [...], "raise": [...]}
 
@@ -59,7 +59,7 @@ class Proc(Stubs):
         with open(log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "csi_iscsi", args[0], "--endpoint", f"unix://{sock}",
                                           *args[1:]], stdout=out, stderr=out, env=env)
-        super().__init__(grpc.insecure_channel(f"unix:{sock}"))
+        super().__init__(plugin_channel(sock))
         try:
             grpc.channel_ready_future(self.channel).result(timeout=90)
         except grpc.FutureTimeoutError:
