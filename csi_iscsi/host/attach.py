@@ -113,6 +113,20 @@ class Attacher:
         shared = any(s.target_iqn == target_iqn and s.sid not in mine for s in self._scsi.iscsi_sessions())
         self._iscsiadm.delete_target_records(target_iqn, iface=self._settings.iface if shared else "")
 
+    def _flush_pathless_maps(self, wwid: str, deadline: float) -> None:
+        """A map of this WWID (by any name) rebuilt between the last check and the deletes is left
+        with no paths; flushed so that it is not orphaned. One that holds paths is not ours to
+        touch: another node on this kernel may have the volume staged."""
+        assert self._maps is not None
+        for name, slaves in self._maps.maps_of(wwid).items():
+            if slaves:
+                log.warning("multipath map %s of WWID %s still has paths %s after the detach; left alone",
+                            name, wwid, slaves)
+                continue
+            if time.monotonic() > deadline:
+                raise DeadlineExceeded(f"multipath map {name} left without paths could not be removed in time")
+            self._maps.flush(name, deadline=deadline)
+
     def _wait_for_device(self, sid: int, lun: int, wwid: str) -> str:
         deadline = time.monotonic() + self._timeouts.device
         while True:
@@ -140,14 +154,18 @@ class Attacher:
                 self._maps.flush(name, deadline=deadline)
         fault_point("unstage.after_flush")
         for device in devices:
+            if self._maps is not None:
+                # multipathd, behind on its udev events, may have built the map again over these
+                # paths since the flush: a map goes before its paths, never after.
+                for name in self._maps.maps_over([device]):
+                    self._maps.flush(name, deadline=deadline)
             self._scsi.delete(device)
         while any(self._scsi.exists(d) for d in devices):
             if time.monotonic() > deadline:
                 raise DeadlineExceeded(f"SCSI devices {devices} of {target_iqn} did not go away")
             time.sleep(self._poll)
-        if self._maps is not None and self._maps.dm_name(wwid) is not None:
-            # multipathd, behind on its udev events, built the map again over paths that were going.
-            self._maps.flush(wwid, deadline=deadline)
+        if self._maps is not None:
+            self._flush_pathless_maps(wwid, deadline)
         fault_point("unstage.after_devices")
         # By session id: this node's sessions whatever record or iface made them (an older version's,
         # one made by hand), and never another node's that shares this iscsid.

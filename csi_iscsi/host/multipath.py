@@ -8,8 +8,8 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 
-from csi_iscsi.base.errors import CsiIscsiError, DeadlineExceeded
-from csi_iscsi.base.runner import CommandFailed, Runner
+from csi_iscsi.base.errors import DeadlineExceeded
+from csi_iscsi.base.runner import CommandFailed, CommandTimedOut, Runner
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,18 @@ class Multipath:
         I/O hangs, and a map must never go unseen while it still holds the volume's paths."""
         path = self.map_path(wwid)
         if path.exists():
-            return Path(os.path.realpath(path)).name
+            dm = Path(os.path.realpath(path)).name
+            try:
+                # udev may not have removed the link of a map flushed a moment ago, and dm-N numbers
+                # are reused: the link counts only if the kernel's map there has this name.
+                if (self._sys / "block" / dm / "dm" / "name").read_text().strip() == wwid:
+                    return dm
+            except FileNotFoundError:
+                if (self._sys / "block" / dm).exists():
+                    return dm  # a device-mapper device without its dm/ attributes: trust udev's link
+        return self._scan_for(wwid)
+
+    def _scan_for(self, wwid: str) -> str | None:
         for dm in sorted((self._sys / "block").glob("dm-*")):
             try:
                 if (dm / "dm" / "name").read_text().strip() == wwid:
@@ -83,9 +94,23 @@ class Multipath:
                 nudged = True
                 try:
                     self._runner.run([MULTIPATH, wwid], ok_codes=(0, 1), timeout=max(1.0, timeout - elapsed))
-                except CsiIscsiError as exc:  # multipathd may still build it: the deadline decides
+                except (CommandFailed, CommandTimedOut) as exc:  # multipathd may still build it
                     log.warning("asking multipath for map %s failed: %s", wwid, exc)
             time.sleep(self._poll)
+
+    def maps_of(self, wwid: str) -> dict[str, list[str]]:
+        """Every multipath map of the WWID, whatever it is named (user_friendly_names makes mpathN),
+        with its paths: multipathd's maps carry the uuid mpath-<wwid>."""
+        found: dict[str, list[str]] = {}
+        for dm in sorted((self._sys / "block").glob("dm-*")):
+            try:
+                if (dm / "dm" / "uuid").read_text().strip() != f"mpath-{wwid}":
+                    continue
+                name = (dm / "dm" / "name").read_text().strip()
+                found[name] = sorted(p.name for p in (dm / "slaves").iterdir())
+            except OSError:
+                continue
+        return found
 
     def maps_over(self, devices: Collection[str]) -> list[str]:
         """Names of the multipath maps built over any of devices (sdX), whatever they are named:

@@ -120,33 +120,50 @@ def test_a_session_that_ends_during_its_logout_is_not_a_failed_detach(
         attacher.detach(IQN, 0, WWID)
 
 
-def test_a_map_multipathd_builds_again_during_the_detach_is_flushed_too(
-        world: tuple[FakeRunner, Attacher, Path]) -> None:
-    """multipathd behind on its udev events builds the map again after the first flush: the detach
-    finds it once the paths are gone and flushes it, rather than leave an orphan map."""
-    runner, attacher, sys_ = world
-    rebuilt = sys_ / "block/dm-7/dm"
+def fake_map(sys_: Path, dm: str, name: str, wwid: str, slaves: list[str]) -> None:
+    (sys_ / "block" / dm / "dm").mkdir(parents=True)
+    (sys_ / "block" / dm / "dm/name").write_text(name + "\n")
+    (sys_ / "block" / dm / "dm/uuid").write_text(f"mpath-{wwid}\n")
+    (sys_ / "block" / dm / "slaves").mkdir()
+    for path in slaves:
+        (sys_ / "block" / dm / "slaves" / path).write_text("")
+        (sys_ / "block" / path / "holders").mkdir(exist_ok=True)
+        os.symlink(sys_ / "block" / dm, sys_ / "block" / path / "holders" / dm)
 
-    def rebuild_on_first_delete(argv: tuple[str, ...]) -> tuple[int, str] | None:
-        if argv[:2] == ("multipath", "-f") and rebuilt.exists():
-            shutil.rmtree(rebuilt.parent)
+
+def test_a_map_multipathd_builds_again_during_the_detach_is_flushed_before_its_paths_go(
+        world: tuple[FakeRunner, Attacher, Path]) -> None:
+    """multipathd behind on its udev events builds the map again after the first flush (here as
+    mpath7, user_friendly_names): it is flushed before the path under it is deleted; a map of the
+    WWID left with no paths at the end is flushed too; a map with another node's paths is not."""
+    runner, attacher, sys_ = world
+
+    def flush_removes_it(argv: tuple[str, ...]) -> tuple[int, str] | None:
+        if argv[:2] == ("multipath", "-f") and argv[2] in ("mpath7", "mpath8"):
+            dm = {"mpath7": "dm-7", "mpath8": "dm-8"}[argv[2]]
+            for holder in sys_.glob(f"block/*/holders/{dm}"):
+                holder.unlink()
+            shutil.rmtree(sys_ / "block" / dm)
             return 0, ""
         return None
 
-    runner.responders.insert(0, rebuild_on_first_delete)
+    runner.responders.insert(0, flush_removes_it)
     scsi_delete = attacher._scsi.delete
 
     def delete(device: str) -> None:
         scsi_delete(device)
-        if device == "sdb":
-            rebuilt.mkdir(parents=True)
-            (rebuilt / "name").write_text(WWID + "\n")
+        if device == "sdb":  # what multipathd does while the detach goes on
+            fake_map(sys_, "dm-7", "mpath7", WWID, ["sdc"])
+            fake_map(sys_, "dm-8", "mpath8", WWID, [])
+            (sys_ / "block/sdx").mkdir()
+            fake_map(sys_, "dm-9", "mpath9", WWID, ["sdx"])
 
     attacher._scsi.delete = delete  # type: ignore[method-assign]
     attacher.detach(IQN, 0, WWID)
-    assert steps(runner) == [f"multipath -f {WWID}", "delete sdb", "delete sdc", f"multipath -f {WWID}",
-                             "session -r 1 --logout", "session -r 2 --logout", "node -o delete"]
-    assert not rebuilt.parent.exists()
+    assert steps(runner) == [f"multipath -f {WWID}", "delete sdb", "multipath -f mpath7", "delete sdc",
+                             "multipath -f mpath8", "session -r 1 --logout", "session -r 2 --logout",
+                             "node -o delete"]
+    assert (sys_ / "block/dm-9").exists()
 
 
 def test_detach_leaves_other_targets_alone(world: tuple[FakeRunner, Attacher, Path]) -> None:

@@ -126,3 +126,49 @@ def test_flush_of_a_missing_map_runs_nothing(tmp_path: Path) -> None:
     runner = FakeRunner()
     Multipath(runner, dev=tmp_path, sysfs=tmp_path).flush(WWID)
     assert runner.calls == []
+
+
+def test_a_stale_mapper_link_to_a_reused_dm_number_is_not_the_map(tmp_path: Path) -> None:
+    """udev has not yet removed the link of a map flushed a moment ago, and dm-3 is another
+    volume's map now: the WWID has no map."""
+    dev, sys_ = make_map(tmp_path, ["sdb"])
+    (sys_ / "block/dm-3/dm").mkdir()
+    (sys_ / "block/dm-3/dm/name").write_text("36001405" + "b" * 25 + "\n")
+    mp = Multipath(FakeRunner(), dev=dev, sysfs=sys_)
+    assert mp.dm_name(WWID) is None and mp.slaves(WWID) == []
+    (sys_ / "block/dm-3/dm/name").write_text(WWID + "\n")
+    assert mp.dm_name(WWID) == "dm-3"
+
+
+def test_a_missing_multipath_command_is_reported_at_once(tmp_path: Path) -> None:
+    from csi_iscsi.base.runner import CommandMissing
+
+    dev, sys_ = make_map(tmp_path, ["sdb"])
+    runner = FakeRunner()
+
+    def missing(argv: tuple[str, ...]) -> tuple[int, str] | None:
+        raise CommandMissing(argv[0])
+
+    runner.responders.insert(0, missing)
+    mp = Multipath(runner, dev=dev, sysfs=sys_, poll_interval=0.01)
+    with pytest.raises(CommandMissing):
+        mp.wait_for_map(WWID, ["sdb", "sdc"], timeout=5, nudge_after=0.05)
+
+
+def test_a_device_the_kernel_is_already_removing_is_deleted(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    sys_ = make_sysfs(tmp_path, 5, 7, {"sdc": (0, WWID)})
+    real_write = Path.write_text
+
+    def write(self: Path, data: str, *args: object, **kwargs: object) -> int:
+        if self.name == "delete":
+            raise OSError(errno.ENODEV, "No such device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_text", write)
+    Scsi(sys_).delete("sdc")
+    monkeypatch.setattr(Path, "write_text", lambda self, data: (_ for _ in ()).throw(OSError(errno.EIO, "I/O")))
+    with pytest.raises(OSError):
+        Scsi(sys_).delete("sdc")
