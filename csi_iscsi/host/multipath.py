@@ -38,25 +38,29 @@ class Multipath:
         I/O hangs, and a map must never go unseen while it still holds the volume's paths."""
         path = self.map_path(wwid)
         if path.exists():
+            # udev may not have removed the link of a map flushed a moment ago, and dm-N numbers are
+            # reused: the link counts only if the kernel's map there has this name.
             dm = Path(os.path.realpath(path)).name
-            try:
-                # udev may not have removed the link of a map flushed a moment ago, and dm-N numbers
-                # are reused: the link counts only if the kernel's map there has this name.
-                if (self._sys / "block" / dm / "dm" / "name").read_text().strip() == wwid:
-                    return dm
-            except FileNotFoundError:
-                if (self._sys / "block" / dm).exists():
-                    return dm  # a device-mapper device without its dm/ attributes: trust udev's link
-        return self._scan_for(wwid)
+            name = self._read(self._sys / "block" / dm / "dm" / "name")
+            if name == wwid or (name is None and (self._sys / "block" / dm).exists()):
+                return dm  # (a dm device without its dm/ attributes, as in older fakes: trust the link)
+        return next((dm for dm, name, _ in self._maps() if name == wwid), None)
 
-    def _scan_for(self, wwid: str) -> str | None:
+    @staticmethod
+    def _read(attribute: Path) -> str | None:
+        try:
+            return attribute.read_text().strip()
+        except OSError:
+            return None
+
+    def _maps(self) -> list[tuple[str, str, str]]:
+        """(dm-N, name, uuid) of every device-mapper device, read from sysfs."""
+        found = []
         for dm in sorted((self._sys / "block").glob("dm-*")):
-            try:
-                if (dm / "dm" / "name").read_text().strip() == wwid:
-                    return dm.name
-            except OSError:
-                continue
-        return None
+            name, uuid = self._read(dm / "dm" / "name"), self._read(dm / "dm" / "uuid")
+            if name is not None:
+                found.append((dm.name, name, uuid or ""))
+        return found
 
     def slaves(self, wwid: str) -> list[str]:
         dm = self.dm_name(wwid)
@@ -102,14 +106,12 @@ class Multipath:
         """Every multipath map of the WWID, whatever it is named (user_friendly_names makes mpathN),
         with its paths: multipathd's maps carry the uuid mpath-<wwid>."""
         found: dict[str, list[str]] = {}
-        for dm in sorted((self._sys / "block").glob("dm-*")):
-            try:
-                if (dm / "dm" / "uuid").read_text().strip() != f"mpath-{wwid}":
-                    continue
-                name = (dm / "dm" / "name").read_text().strip()
-                found[name] = sorted(p.name for p in (dm / "slaves").iterdir())
-            except OSError:
-                continue
+        for dm, name, uuid in self._maps():
+            if uuid == f"mpath-{wwid}":
+                try:
+                    found[name] = sorted(p.name for p in (self._sys / "block" / dm / "slaves").iterdir())
+                except OSError:
+                    continue  # gone while we looked
         return found
 
     def maps_over(self, devices: Collection[str]) -> list[str]:
@@ -122,11 +124,9 @@ class Multipath:
             except OSError:
                 continue
             for holder in holders:
-                try:
-                    if (holder / "dm" / "uuid").read_text().startswith("mpath-"):
-                        names.add((holder / "dm" / "name").read_text().strip())
-                except OSError:
-                    continue
+                name = self._read(holder / "dm" / "name")
+                if name and (self._read(holder / "dm" / "uuid") or "").startswith("mpath-"):
+                    names.add(name)
         return sorted(names)
 
     def size_bytes(self, wwid: str) -> int:
