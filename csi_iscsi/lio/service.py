@@ -241,10 +241,7 @@ class LioTargetService:
     def _ensure_exported(self, record: VolumeRecord) -> None:
         """A volume start-up could not export (its pool was not there yet) is exported now, or the
         publish says why not; two configfs lookups when all is well."""
-        iqn = self.target_iqn(record.volume_id)
-        with self._lio_lock:
-            so_ok = self._lio.storage_object_exists(record.volume_id, iqn)
-            target_ok = self._lio.target_exists(iqn)
+        so_ok, target_ok = self._exported(record)
         if so_ok and target_ok:
             return
         log.warning("volume %s is not exported in LIO (its pool was missing at start?); restoring it", record.volume_id)
@@ -395,9 +392,7 @@ class LioTargetService:
         if record.state != READY:
             return [f"volume {record.volume_id} ({record.name}) was left {record.state} by a crash; "
                     "a retried CreateVolume/DeleteVolume finishes it"]
-        with self._lio_lock:
-            so_ok = self._lio.storage_object_exists(record.volume_id, iqn)
-            target_ok = self._lio.target_exists(iqn)
+        so_ok, target_ok = self._exported(record)
         drift = []
         if not (so_ok and target_ok):
             drift.append(f"volume {record.volume_id}: LIO lacked its {'storage object' if not so_ok else 'target'}; "
@@ -417,6 +412,12 @@ class LioTargetService:
         for missing in sorted(granted - live):
             drift.append(f"volume {record.volume_id}: ACL for {missing} is missing in LIO")
         return drift
+
+    def _exported(self, record: VolumeRecord) -> tuple[bool, bool]:
+        """Whether live LIO has the volume's storage object, and its target."""
+        iqn = self.target_iqn(record.volume_id)
+        with self._lio_lock:
+            return self._lio.storage_object_exists(record.volume_id, iqn), self._lio.target_exists(iqn)
 
     def _restore(self, record: VolumeRecord, so_ok: bool, target_ok: bool) -> bool:
         """False, exporting nothing, when the volume's data is gone from its pool: LIO's fileio
