@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 
 from csi_iscsi.base.errors import DeadlineExceeded
@@ -19,6 +20,26 @@ MULTIPATHD = "multipathd"
 
 class MapBusy(CommandFailed):
     """The map could not be flushed (still open, or I/O queued)."""
+
+
+# multipathd's checker states that mean the path carries no I/O. "i/o pending" (a check still
+# running, as on a path just added) and "undef" (not checked yet) are not faults; "ghost" is a
+# standby path that is up.
+CHECKER_DOWN = frozenset({"faulty", "shaky", "i/o timeout", "delayed"})
+
+
+@dataclass(frozen=True)
+class PathState:
+    device: str
+    dm_state: str  # active, failed or undef: what device-mapper holds for the path
+    checker: str  # ready, faulty, ghost, i/o pending, ...: what multipathd's checker last saw
+
+    @property
+    def down(self) -> bool:
+        return self.dm_state == "failed" or self.checker in CHECKER_DOWN
+
+    def __str__(self) -> str:
+        return f"{self.device} ({self.dm_state}, {self.checker})"
 
 
 class Multipath:
@@ -128,6 +149,17 @@ class Multipath:
                 if name and (self._read(holder / "dm" / "uuid") or "").startswith("mpath-"):
                     names.add(name)
         return sorted(names)
+
+    def path_states(self, wwid: str) -> list[PathState]:
+        """multipathd's view of the map's paths. Raises CommandFailed if multipathd cannot answer."""
+        out = self._runner.run([MULTIPATHD, "show", "paths", "raw", "format", "%w %d %t %T"], timeout=10).stdout
+        states = []
+        for line in out.splitlines():
+            # The checker state may hold a space ("i/o pending"): it is the rest of the line.
+            fields = line.split(maxsplit=3)
+            if len(fields) == 4 and fields[0] == wwid:
+                states.append(PathState(fields[1], fields[2], fields[3].strip()))
+        return states
 
     def size_bytes(self, wwid: str) -> int:
         dm = self.dm_name(wwid)

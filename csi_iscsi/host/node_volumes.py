@@ -16,7 +16,7 @@ from pathlib import Path
 from csi_iscsi import contract
 from csi_iscsi.base.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from csi_iscsi.base.faults import fault_point
-from csi_iscsi.base.runner import CommandFailed, Runner
+from csi_iscsi.base.runner import CommandFailed, CommandTimedOut, Runner
 from csi_iscsi.chap import Chap
 from csi_iscsi.host.api import TargetInfo, VolumeStats
 from csi_iscsi.host.attach import Attacher, Attachment
@@ -373,17 +373,15 @@ class NodeVolumes:
     def _condition(self, state: StageState) -> tuple[bool, str]:
         if not os.path.exists(state.device):
             return True, f"device {state.device} is gone"
-        if not self._on_map(state):
+        if self._multipath is None or not self._on_map(state):
             return False, "single path, device present"
         try:
-            out = self._runner.run(["multipathd", "show", "paths", "raw", "format", "%w %d %t %T"],
-                                   timeout=10).stdout
-        except CommandFailed as exc:
+            paths = self._multipath.path_states(state.wwid)
+        except (CommandFailed, CommandTimedOut) as exc:
             return True, f"multipathd cannot report paths: {exc}"
-        paths = [line.split() for line in out.splitlines() if line.startswith(state.wwid)]
-        bad = [p[1] for p in paths if len(p) >= 4 and (p[2] != "active" or p[3] != "ready")]
         if not paths:
             return True, "multipathd reports no paths for the volume"
+        bad = [str(p) for p in paths if p.down]
         if bad:
             return True, f"{len(bad)} of {len(paths)} paths are down: {', '.join(bad)}"
         return False, f"all {len(paths)} paths active"

@@ -55,10 +55,13 @@ def start(env: dict[str, Path]) -> Iterator[Plugin]:
 
 
 def attacher(login_timeout: int = 5) -> Attacher:
+    # detach=90: a detach after unpublish has cut the sessions waits for multipath's queued I/O to
+    # fail (replacement_timeout, then no_path_retry 6 x polling_interval 2 s), which under TCG on a
+    # busy host has taken more than 30 s.
     runner = SubprocessRunner()
     return Attacher(Iscsiadm(runner), Scsi(), Multipath(runner),
                     SessionSettings(login_timeout=login_timeout, login_retries=0, replacement_timeout=5),
-                    AttachTimeouts(login=20, device=20, multipath_map=20, detach=30))
+                    AttachTimeouts(login=20, device=20, multipath_map=20, detach=90))
 
 
 def create(plugin: Plugin, name: str, size: int = 64 * MiB, **params: str) -> csi_pb2.Volume:

@@ -282,3 +282,21 @@ def test_stats_and_expand_treat_foreign_paths_as_unknown(world: NodeWorld) -> No
         with pytest.raises(grpc.RpcError) as err:
             call(req(volume_id=VID))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_volume_condition_counts_only_paths_that_are_down(world: NodeWorld) -> None:
+    """Right after a login on a slow host multipathd's first check of a path may still run
+    ("i/o pending"); that path is up, and the volume is not abnormal for it."""
+    world.stage()
+    staging = f"{world.tmp}/staging"
+
+    def condition(paths: str) -> csi_pb2.VolumeCondition:
+        world.runner.on(["multipathd", "show", "paths"], stdout=paths, times=1)
+        return world.stub.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(
+            volume_id=VID, volume_path=staging)).volume_condition
+
+    pending = condition(f"{WWID} sdb active i/o pending\n{WWID} sdc active ready\n")
+    assert not pending.abnormal, pending.message
+    down = condition(f"{WWID} sdb failed faulty\n{WWID} sdc active ready\n")
+    assert down.abnormal and down.message == "1 of 2 paths are down: sdb (failed, faulty)"
+    assert condition("").message == "multipathd reports no paths for the volume"

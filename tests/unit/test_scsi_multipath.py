@@ -172,3 +172,30 @@ def test_a_device_the_kernel_is_already_removing_is_deleted(tmp_path: Path,
     monkeypatch.setattr(Path, "write_text", lambda self, data: (_ for _ in ()).throw(OSError(errno.EIO, "I/O")))
     with pytest.raises(OSError):
         Scsi(sys_).delete("sdc")
+
+
+def test_a_path_whose_first_check_is_still_running_is_not_down() -> None:
+    """multipathd prints "i/o pending" (two words) for a check in flight, as on a path just logged
+    in on a slow host; read word by word, it was taken for a down path."""
+    runner = FakeRunner()
+    runner.on(["multipathd", "show", "paths"], stdout=(
+        f"{WWID} sdb active i/o pending\n"
+        f"{WWID} sdc active ready\n"
+        f"{WWID} sdd undef undef\n"
+        f"{WWID} sde active ghost\n"
+        "3600140500 sdf failed faulty\n"))
+    states = Multipath(runner).path_states(WWID)
+    assert [(p.device, p.checker, p.down) for p in states] == [
+        ("sdb", "i/o pending", False), ("sdc", "ready", False), ("sdd", "undef", False), ("sde", "ghost", False)]
+
+
+def test_failed_faulty_and_timed_out_paths_are_down() -> None:
+    runner = FakeRunner()
+    runner.on(["multipathd", "show", "paths"], stdout=(
+        f"{WWID} sdb failed ready\n"
+        f"{WWID} sdc active faulty\n"
+        f"{WWID} sdd active i/o timeout\n"
+        f"{WWID} sde active shaky\n"))
+    states = Multipath(runner).path_states(WWID)
+    assert [p.down for p in states] == [True] * 4
+    assert str(states[2]) == "sdd (active, i/o timeout)"
