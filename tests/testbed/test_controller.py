@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,7 +102,9 @@ def test_publish_lets_the_node_in_and_unpublish_cuts_it_off(env: dict[str, Path]
             assert len(dev.read(4096)) == 4096
         unpublish(plugin, volume.volume_id, me)
         # The ACL is gone: the sessions are dropped, and a new login is refused.
+        began = time.monotonic()
         att.detach(pctx["targetIQN"], 0, pctx["wwid"])
+        print(f"detach after the ACL was cut took {time.monotonic() - began:.1f} s")
         with pytest.raises(Unavailable, match="failed on every portal"):
             att.attach(pctx["targetIQN"], PORTALS, 0, pctx["wwid"])
         delete(plugin, volume.volume_id)
