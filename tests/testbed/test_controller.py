@@ -101,10 +101,17 @@ def test_publish_lets_the_node_in_and_unpublish_cuts_it_off(env: dict[str, Path]
         with open(attachment.device, "rb") as dev:
             assert len(dev.read(4096)) == 4096
         unpublish(plugin, volume.volume_id, me)
-        # The ACL is gone: the sessions are dropped, and a new login is refused.
+        # The ACL is gone: the sessions are dropped, and a new login is refused. A reader that comes
+        # after the cut (as udev's blkid can) holds the map open on queued I/O; the detach waits for
+        # multipath to give up queueing and fail it, and then removes everything.
+        reader = subprocess.Popen(["dd", f"if={attachment.device}", "of=/dev/null", "bs=4096", "count=1",
+                                   "skip=100", "iflag=direct"], stderr=subprocess.PIPE, text=True)
         began = time.monotonic()
         att.detach(pctx["targetIQN"], 0, pctx["wwid"])
         print(f"detach after the ACL was cut took {time.monotonic() - began:.1f} s")
+        _, err = reader.communicate(timeout=10)
+        assert reader.returncode != 0, err  # its read failed: there was no path left to serve it
+        assert not Path(attachment.device).exists()
         with pytest.raises(Unavailable, match="failed on every portal"):
             att.attach(pctx["targetIQN"], PORTALS, 0, pctx["wwid"])
         delete(plugin, volume.volume_id)
