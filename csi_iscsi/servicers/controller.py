@@ -29,6 +29,7 @@ from csi_iscsi.contract import (
 )
 from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
 from csi_iscsi.lio.api import SIZE_ALIGN, TargetBackend, VolumeRecord, VolumeSpec, align
+from csi_iscsi.topology import accessible_zones, topologies
 from csi_iscsi.volume_capabilities import READONLY_MODES, check_all, check_one, is_single_node, mode_allowed
 
 DEFAULT_SIZE = 1024 * 1024 * 1024
@@ -94,9 +95,10 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
             VolumeContext.POOL: record.pool,
         }
 
-    def _volume(self, record: VolumeRecord) -> csi_pb2.Volume:
+    def _volume(self, record: VolumeRecord, zones: list[str] | None = None) -> csi_pb2.Volume:
         return csi_pb2.Volume(volume_id=record.volume_id, capacity_bytes=record.capacity_bytes,
-                              volume_context=self._volume_context(record))
+                              volume_context=self._volume_context(record),
+                              accessible_topology=topologies(self._zones if zones is None else zones))
 
     def _record(self, volume_id: str) -> VolumeRecord:
         record = self._target.get(volume_id) if contract.is_volume_id(volume_id) else None
@@ -117,6 +119,8 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
             raise InvalidArgument("mutable_parameters are not supported (no ModifyVolume)")
         pool, auth, params = self._parameters(dict(request.parameters))
         size = _capacity(request.capacity_range)
+        zones = accessible_zones(self._zones, request.accessibility_requirements
+                                 if request.HasField("accessibility_requirements") else None)
         volume_id = contract.volume_id_for_name(request.name)
         with self._locks.hold(volume_id, "CreateVolume"):
             existing = self._target.get(volume_id)
@@ -134,7 +138,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
                 capacity_bytes=existing.capacity_bytes if existing else size,
                 access_type=requested.access_type, access_modes=requested.modes, parameters=params,
                 authentication=auth))
-        return csi_pb2.CreateVolumeResponse(volume=self._volume(record))
+        return csi_pb2.CreateVolumeResponse(volume=self._volume(record, zones))
 
     def DeleteVolume(self, request: csi_pb2.DeleteVolumeRequest,
                      context: grpc.ServicerContext) -> csi_pb2.DeleteVolumeResponse:

@@ -16,6 +16,9 @@ from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
 PLUGIN_CAPABILITIES = [
     csi_pb2.PluginCapability(service=csi_pb2.PluginCapability.Service(
         type=csi_pb2.PluginCapability.Service.CONTROLLER_SERVICE)),
+    # Volumes are reachable from the zones the controller serves (--serve-zone), nodes report theirs (--zone).
+    csi_pb2.PluginCapability(service=csi_pb2.PluginCapability.Service(
+        type=csi_pb2.PluginCapability.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS)),
     # lvm-thin volumes grow while published; fileio ones answer FAILED_PRECONDITION until unpublished.
     csi_pb2.PluginCapability(volume_expansion=csi_pb2.PluginCapability.VolumeExpansion(
         type=csi_pb2.PluginCapability.VolumeExpansion.ONLINE)),

@@ -38,8 +38,9 @@ def cap(mode: int = Mode.SINGLE_NODE_WRITER, block: bool = False) -> csi_pb2.Vol
 
 
 class World:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, zones: tuple[str, ...] = ("default",)) -> None:
         self.tmp = tmp
+        self.zones = zones
         self.lio = FakeLio()
         (tmp / "pool").mkdir(exist_ok=True)
         self.restart()
@@ -51,7 +52,7 @@ class World:
         self.service = LioTargetService(
             self.pools(), ["10.0.0.1:3260", "10.0.1.1:3260"], self.tmp / "state",
             SavedConfig(self.tmp / "saveconfig.json"), lio=self.lio)  # type: ignore[arg-type]
-        self.servicer = ControllerServicer(self.service)
+        self.servicer = ControllerServicer(self.service, self.zones)
         self.server = CsiServer(Services(identity=IdentityServicer(lambda: (True, "")), controller=self.servicer),
                                 f"unix://{self.tmp}/c.sock")
         self.server.start()

@@ -1,0 +1,87 @@
+"""CreateVolume's accessibility requirements against the zones the controller serves."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from csi_iscsi.base.errors import InvalidArgument, ResourceExhausted
+from csi_iscsi.contract import TOPOLOGY_KEY
+from csi_iscsi.csi import csi_pb2
+from csi_iscsi.servicers.identity import PLUGIN_CAPABILITIES
+from csi_iscsi.topology import accessible_zones
+from tests.unit.test_controller import World, cap
+
+SERVED = ("a", "b", "c")
+
+
+def zone(z: str, **other: str) -> csi_pb2.Topology:
+    return csi_pb2.Topology(segments={TOPOLOGY_KEY: z, **other})
+
+
+def req(requisite: list[str] | None = None, preferred: list[str] | None = None) -> csi_pb2.TopologyRequirement:
+    return csi_pb2.TopologyRequirement(requisite=[zone(z) for z in requisite or []],
+                                       preferred=[zone(z) for z in preferred or []])
+
+
+def test_without_requirements_every_served_zone() -> None:
+    assert accessible_zones(SERVED, None) == ["a", "b", "c"]
+    assert accessible_zones(SERVED, req()) == ["a", "b", "c"]
+
+
+def test_requisite_narrows_and_preferred_orders() -> None:
+    assert accessible_zones(SERVED, req(["c", "b", "x"])) == ["b", "c"]
+    assert accessible_zones(SERVED, req(["c", "b", "x"], preferred=["c"])) == ["c", "b"]
+    # Preferred alone only orders: the volume is still reachable from every served zone.
+    assert accessible_zones(SERVED, req(preferred=["x", "c"])) == ["c", "a", "b"]
+
+
+def test_no_served_zone_among_the_requisite_is_refused_with_the_zones_named() -> None:
+    with pytest.raises(ResourceExhausted) as err:
+        accessible_zones(SERVED, req(["x", "y"]))
+    message = str(err.value)
+    assert "'a', 'b', 'c'" in message and "'x'" in message and "--serve-zone" in message
+
+
+def test_a_term_with_a_key_this_driver_does_not_report_cannot_be_promised() -> None:
+    foreign = csi_pb2.TopologyRequirement(requisite=[zone("a", **{"example.com/rack": "r1"})])
+    with pytest.raises(ResourceExhausted):
+        accessible_zones(SERVED, foreign)
+    with pytest.raises(InvalidArgument, match="no segments"):
+        accessible_zones(SERVED, csi_pb2.TopologyRequirement(requisite=[csi_pb2.Topology()]))
+
+
+def test_the_plugin_says_it_has_accessibility_constraints() -> None:
+    kinds = [c.service.type for c in PLUGIN_CAPABILITIES if c.HasField("service")]
+    assert csi_pb2.PluginCapability.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS in kinds
+
+
+@pytest.fixture
+def zoned(tmp_path: Path) -> Iterator[World]:
+    world = World(tmp_path, zones=("a", "b"))
+    yield world
+    world.stop()
+
+
+def create(world: World, name: str, requirements: csi_pb2.TopologyRequirement) -> csi_pb2.Volume:
+    return world.stub.CreateVolume(csi_pb2.CreateVolumeRequest(
+        name=name, capacity_range=csi_pb2.CapacityRange(required_bytes=64 << 20), volume_capabilities=[cap()],
+        accessibility_requirements=requirements)).volume
+
+
+def test_create_volume_returns_where_the_volume_is_reachable_and_refuses_elsewhere(zoned: World) -> None:
+    volume = create(zoned, "pvc-zoned", req(["b", "z"], preferred=["b"]))
+    assert [dict(t.segments) for t in volume.accessible_topology] == [{TOPOLOGY_KEY: "b"}]
+    again = create(zoned, "pvc-zoned", req(["b", "z"], preferred=["b"]))  # idempotent, same answer
+    assert again.volume_id == volume.volume_id and again.accessible_topology == volume.accessible_topology
+    with pytest.raises(grpc.RpcError) as err:
+        create(zoned, "pvc-nowhere", req(["z"]))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert zoned.service.get(volume.volume_id) is not None
+    assert [r.name for r in zoned.service.page("", 0)[0]] == ["pvc-zoned"]  # the refused one made nothing
+    listed = zoned.stub.ListVolumes(csi_pb2.ListVolumesRequest()).entries
+    assert [dict(t.segments) for t in listed[0].volume.accessible_topology] == [
+        {TOPOLOGY_KEY: "a"}, {TOPOLOGY_KEY: "b"}]
