@@ -88,3 +88,43 @@ def test_kind_values_bridge_to_the_machines_iscsid(helm: Helm) -> None:
     bridge = next(c for c in pod["containers"] if c["name"] == "iscsid-bridge")
     assert bridge["command"][-1] == "UNIX-CONNECT:/run/csi-iscsi-e2e/iscsid.sock"
     assert "hostPID" not in pod
+
+
+def _rendered_with(helm: Helm, *sets: str) -> list[dict[str, Any]]:
+    out = helm("template", "csi-iscsi", str(CHART), "--namespace", "csi-iscsi",
+               *[arg for s in sets for arg in ("--set", s)])
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def _container(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    workload = next(d for d in docs if d["kind"] == kind)
+    return next(c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+
+
+def test_a_metrics_port_of_zero_turns_metrics_off_on_every_supported_helm(helm: Helm) -> None:
+    """helm 3.18.0 rendered an integer 0 as true; the chart compares numbers instead."""
+    docs = _rendered_with(helm, "controller.metricsPort=0", "node.metricsPort=0")
+    for kind, name in (("Deployment", "csi-iscsi"), ("DaemonSet", "csi-iscsi")):
+        plugin = _container(docs, kind, name)
+        assert not any(a.startswith("--metrics-address") for a in plugin["args"]), plugin["args"]
+        assert "ports" not in plugin
+    on = _container(_rendered_with(helm), "Deployment", "csi-iscsi")
+    assert "--metrics-address=:9090" in on["args"]
+
+
+def test_capacity_tracking_is_wired_end_to_end_and_can_be_turned_off(helm: Helm) -> None:
+    docs = _rendered_with(helm)
+    driver = next(d for d in docs if d["kind"] == "CSIDriver")
+    assert driver["spec"]["storageCapacity"] is True
+    provisioner = _container(docs, "Deployment", "csi-provisioner")
+    assert {"--enable-capacity", "--capacity-ownerref-level=2"} <= set(provisioner["args"])
+    assert {e["name"] for e in provisioner["env"]} == {"NAMESPACE", "POD_NAME"}
+    role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "csi-iscsi-leader-election")
+    assert any("csistoragecapacities" in r["resources"] for r in role["rules"])
+    assert any(r["resources"] == ["replicasets"] and r["apiGroups"] == ["apps"] for r in role["rules"])
+
+    off = _rendered_with(helm, "controller.capacity.enabled=false")
+    assert next(d for d in off if d["kind"] == "CSIDriver")["spec"]["storageCapacity"] is False
+    provisioner = _container(off, "Deployment", "csi-provisioner")
+    assert "--enable-capacity" not in provisioner["args"] and "env" not in provisioner
