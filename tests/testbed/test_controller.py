@@ -50,9 +50,9 @@ def env(tmp_path: Path) -> Iterator[dict[str, Path]]:
         SAVEFILE.write_bytes(saved)
 
 
-def start(env: dict[str, Path]) -> Iterator[Plugin]:
-    return running(controller_args(env["state"], [f"name=default,type=fileio,path={env['pool']}"],
-                                   SAVEFILE), env["sock"], env["log"])
+def start(env: dict[str, Path], *extra: str) -> Iterator[Plugin]:
+    return running([*controller_args(env["state"], [f"name=default,type=fileio,path={env['pool']}"], SAVEFILE),
+                    *extra], env["sock"], env["log"])
 
 
 def attacher(login_timeout: int = 5) -> Attacher:
@@ -312,3 +312,35 @@ def test_a_second_controller_on_the_same_state_waits_for_the_first(env: dict[str
         finally:
             proc.terminate()
             proc.wait(timeout=60)
+
+
+def test_zones_constrain_where_volumes_are_made_and_said_to_be_reachable(env: dict[str, Path]) -> None:
+    key = contract.TOPOLOGY_KEY
+
+    def wanted(requisite: list[str], preferred: list[str]) -> csi_pb2.TopologyRequirement:
+        return csi_pb2.TopologyRequirement(
+            requisite=[csi_pb2.Topology(segments={key: z}) for z in requisite],
+            preferred=[csi_pb2.Topology(segments={key: z}) for z in preferred])
+
+    def create_in(plugin: Plugin, name: str, requirement: csi_pb2.TopologyRequirement) -> csi_pb2.Volume:
+        return plugin.controller.CreateVolume(csi_pb2.CreateVolumeRequest(
+            name=name, capacity_range=csi_pb2.CapacityRange(required_bytes=64 * MiB),
+            volume_capabilities=[mount_cap()], accessibility_requirements=requirement), timeout=60).volume
+
+    with start(env, "--serve-zone", "rack-a", "--serve-zone", "rack-b") as plugin:
+        volume = create_in(plugin, "pvc-zoned", wanted(["rack-b", "rack-c"], ["rack-b"]))
+        assert [dict(t.segments) for t in volume.accessible_topology] == [{key: "rack-b"}]
+        assert Lio().target_exists(volume.volume_context["targetIQN"])
+        with pytest.raises(grpc.RpcError) as err:
+            create_in(plugin, "pvc-unreachable", wanted(["rack-c"], ["rack-c"]))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
+        assert "rack-a" in err.value.details() and "rack-c" in err.value.details()
+        unreachable = contract.volume_id_for_name("pvc-unreachable")
+        assert not Lio().target_exists(contract.target_iqn(unreachable))
+        assert sorted(p.name for p in env["pool"].iterdir()) == [f"{volume.volume_id}.img"]
+
+        def capacity(zone: str) -> int:
+            return int(plugin.controller.GetCapacity(csi_pb2.GetCapacityRequest(
+                accessible_topology=csi_pb2.Topology(segments={key: zone})), timeout=30).available_capacity)
+        assert capacity("rack-a") > 0 and capacity("rack-a") == capacity("rack-b") and capacity("rack-c") == 0
+        delete(plugin, volume.volume_id)
