@@ -13,7 +13,7 @@ from pathlib import Path
 from prometheus_client import start_http_server
 
 from csi_iscsi import __version__
-from csi_iscsi.base.errors import CsiIscsiError
+from csi_iscsi.base.errors import CsiIscsiError, FailedPrecondition
 from csi_iscsi.base.ownership import StateDirLock
 from csi_iscsi.base.runner import SubprocessRunner
 from csi_iscsi.contract import (
@@ -41,7 +41,7 @@ from csi_iscsi.lio.service import LioTargetService
 from csi_iscsi.server import CsiServer, Services
 from csi_iscsi.servicers.controller import ControllerServicer
 from csi_iscsi.servicers.identity import IdentityServicer
-from csi_iscsi.servicers.node import NodeIdentity, NodeServicer
+from csi_iscsi.servicers.node import DeferredNode, NodeIdentity, NodeServicer
 
 log = logging.getLogger("csi_iscsi")
 
@@ -107,16 +107,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _node_identity(args: argparse.Namespace) -> NodeIdentity:
+def _node_name(args: argparse.Namespace) -> str:
+    """The parts of the node's identity that are configuration: wrong ones stop the plugin."""
     name = (args.node_name or socket.gethostname()).lower()
     if not NODE_NAME_RE.fullmatch(name):
         raise CsiIscsiError(f"node name {name!r} is not a valid Kubernetes node name")
-    iqn = read_initiator_name(args.initiator_name_file, args.initiator_iqn)
     if args.max_volumes < 0:
         raise CsiIscsiError("--max-volumes must be >= 0")
+    if args.initiator_iqn:
+        _node_identity(args, name)  # given by a flag, the whole identity is configuration too
+    return name
+
+
+def _node_identity(args: argparse.Namespace, name: str) -> NodeIdentity:
+    """Raises FailedPrecondition while the host has no usable initiator name."""
+    iqn = read_initiator_name(args.initiator_name_file, args.initiator_iqn)
     node_id = NodeId(name, iqn)
     if len(str(node_id).encode()) > NODE_ID_MAX_BYTES:
-        raise CsiIscsiError(f"node_id {str(node_id)[:64]!r}... is {len(str(node_id).encode())} bytes; CSI allows "
+        raise FailedPrecondition(f"node_id {str(node_id)[:64]!r}... is {len(str(node_id).encode())} bytes; CSI allows "
                             f"{NODE_ID_MAX_BYTES}: shorten the node name or the initiator IQN")
     return NodeIdentity(node_id, args.zone, args.max_volumes)
 
@@ -173,9 +181,15 @@ def build_services(args: argparse.Namespace) -> Services:
         checks.append(target.ready)
         controller = ControllerServicer(target, tuple(args.serve_zone) or (DEFAULT_ZONE,))
     if args.mode in ("node", "all"):
-        identity = _node_identity(args)
+        name = _node_name(args)
         owned.append(_own(args.state_dir / "node", "node"))
-        node = NodeServicer(identity, _node_volumes(args, runner, identity))
+
+        def make_node() -> tuple[NodeIdentity, NodeVolumes]:
+            identity = _node_identity(args, name)
+            return identity, _node_volumes(args, runner, identity)
+        deferred = DeferredNode(make_node)
+        node = NodeServicer(deferred)
+        checks.append(deferred.ready)
         checks.append(lambda: node_ready(runner))
 
     def readiness() -> tuple[bool, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import grpc
@@ -24,12 +25,15 @@ PLUGIN_CAPABILITIES = [
         type=csi_pb2.PluginCapability.VolumeExpansion.ONLINE)),
 ]
 
+log = logging.getLogger(__name__)
+
 ReadinessCheck = Callable[[], tuple[bool, str]]
 
 
 class IdentityServicer(csi_pb2_grpc.IdentityServicer):
     def __init__(self, readiness: ReadinessCheck) -> None:
         self._readiness = readiness
+        self._last: tuple[bool, str] | None = None
 
     def GetPluginInfo(self, request: csi_pb2.GetPluginInfoRequest,
                       context: grpc.ServicerContext) -> csi_pb2.GetPluginInfoResponse:
@@ -40,5 +44,12 @@ class IdentityServicer(csi_pb2_grpc.IdentityServicer):
         return csi_pb2.GetPluginCapabilitiesResponse(capabilities=PLUGIN_CAPABILITIES)
 
     def Probe(self, request: csi_pb2.ProbeRequest, context: grpc.ServicerContext) -> csi_pb2.ProbeResponse:
-        ready, _why = self._readiness()
+        ready, why = self._readiness()
+        # Probe answers only a boolean: the reason goes to the log, once per change, not per probe.
+        if (ready, why) != self._last:
+            if ready:
+                log.info("ready")
+            else:
+                log.warning("not ready: %s", why)
+            self._last = (ready, why)
         return csi_pb2.ProbeResponse(ready=BoolValue(value=ready))

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 
 from csi_iscsi import contract
-from csi_iscsi.base.errors import InvalidArgument, NotFound
+from csi_iscsi.base.errors import FailedPrecondition, InvalidArgument, NotFound
 from csi_iscsi.base.locks import VolumeLocks
 from csi_iscsi.base.redact import quoted
 from csi_iscsi.chap import chap_from_secrets
@@ -30,6 +32,31 @@ class NodeIdentity:
     node_id: NodeId
     zone: str
     max_volumes: int
+
+
+class DeferredNode:
+    """The node's identity and host side, made on first use. A node whose initiator name cannot be
+    read (open-iscsi not installed yet, a control-plane node) keeps the plugin up and not ready,
+    saying why, instead of a crash loop; once the name is there it serves without a restart."""
+
+    def __init__(self, make: Callable[[], tuple[NodeIdentity, NodeBackend]]) -> None:
+        self._make = make
+        self._made: tuple[NodeIdentity, NodeBackend] | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> tuple[NodeIdentity, NodeBackend]:
+        """Raises FailedPrecondition with the reason while the node cannot be made."""
+        with self._lock:
+            if self._made is None:
+                self._made = self._make()
+            return self._made
+
+    def ready(self) -> tuple[bool, str]:
+        try:
+            self.get()
+        except FailedPrecondition as exc:
+            return False, str(exc)
+        return True, "ready"
 
 
 def _path(value: str, field: str) -> str:
@@ -79,10 +106,18 @@ def _target(volume_id: str, publish: dict[str, str], volume: dict[str, str]) -> 
 
 
 class NodeServicer(csi_pb2_grpc.NodeServicer):
-    def __init__(self, identity: NodeIdentity, volumes: NodeBackend) -> None:
-        self._identity = identity
-        self.volumes = volumes
+    def __init__(self, identity: NodeIdentity | DeferredNode, volumes: NodeBackend | None = None) -> None:
+        if isinstance(identity, DeferredNode):
+            self._node = identity
+        else:
+            assert volumes is not None
+            made = (identity, volumes)
+            self._node = DeferredNode(lambda: made)
         self._locks = VolumeLocks()
+
+    @property
+    def volumes(self) -> NodeBackend:
+        return self._node.get()[1]
 
     def NodeStageVolume(self, request: csi_pb2.NodeStageVolumeRequest,
                         context: grpc.ServicerContext) -> csi_pb2.NodeStageVolumeResponse:
@@ -156,10 +191,11 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
 
     def NodeGetInfo(self, request: csi_pb2.NodeGetInfoRequest,
                     context: grpc.ServicerContext) -> csi_pb2.NodeGetInfoResponse:
+        identity, _ = self._node.get()
         return csi_pb2.NodeGetInfoResponse(
-            node_id=str(self._identity.node_id),
-            max_volumes_per_node=self._identity.max_volumes,
-            accessible_topology=csi_pb2.Topology(segments={TOPOLOGY_KEY: self._identity.zone}),
+            node_id=str(identity.node_id),
+            max_volumes_per_node=identity.max_volumes,
+            accessible_topology=csi_pb2.Topology(segments={TOPOLOGY_KEY: identity.zone}),
         )
 
     def NodeGetCapabilities(self, request: csi_pb2.NodeGetCapabilitiesRequest,

@@ -86,3 +86,31 @@ def test_probe_is_not_ready_without_iscsid(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=30)
         subprocess.run(["systemctl", "start", "iscsid.socket", "iscsid.service"], check=True)
+
+
+def test_a_node_without_an_initiator_name_stays_up_and_says_why(tmp_path: Path) -> None:
+    """A control-plane node or one without open-iscsi: the plugin keeps running (no crash loop),
+    Probe is not ready, NodeGetInfo refuses with the reason, and the name is used once it exists."""
+    sock, name_file, log = tmp_path / "node.sock", tmp_path / "initiatorname.iscsi", tmp_path / "node.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "csi_iscsi", "node", "--endpoint", f"unix://{sock}",
+                                 "--node-name", "cp-1", "--state-dir", str(tmp_path / "state"),
+                                 "--initiator-name-file", str(name_file)], stdout=out, stderr=out)
+    try:
+        with _wait_ready(sock, proc) as channel:
+            probe = csi_pb2_grpc.IdentityStub(channel).Probe(csi_pb2.ProbeRequest(), timeout=10)
+            assert probe.ready.value is False
+            with pytest.raises(grpc.RpcError) as err:
+                csi_pb2_grpc.NodeStub(channel).NodeGetInfo(csi_pb2.NodeGetInfoRequest(), timeout=10)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert f"cannot read the initiator name from {name_file}" in err.value.details()
+            assert proc.poll() is None
+            name_file.write_text("InitiatorName=iqn.2026-11.io.csi-iscsi:cp-1\n")
+            info = csi_pb2_grpc.NodeStub(channel).NodeGetInfo(csi_pb2.NodeGetInfoRequest(), timeout=10)
+            assert info.node_id == str(NodeId("cp-1", "iqn.2026-11.io.csi-iscsi:cp-1"))
+            assert csi_pb2_grpc.IdentityStub(channel).Probe(csi_pb2.ProbeRequest(), timeout=10).ready.value
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    text = log.read_text()
+    assert "not ready: cannot read the initiator name" in text, text

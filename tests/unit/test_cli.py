@@ -10,6 +10,7 @@ import pytest
 
 from csi_iscsi.base.errors import CsiIscsiError, FailedPrecondition
 from csi_iscsi.cli import _parser, build_services, main
+from csi_iscsi.csi import csi_pb2
 from csi_iscsi.host.initiator import read_initiator_name
 
 
@@ -28,11 +29,37 @@ def test_initiator_name_is_read_and_checked(tmp_path: Path) -> None:
         read_initiator_name(tmp_path / "missing")
 
 
-def test_node_refuses_to_start_without_a_valid_iqn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    rc = main(["node", "--endpoint", f"unix://{tmp_path}/n.sock", "--node-name", "w1",
-               "--initiator-name-file", str(tmp_path / "none")])
+def test_a_node_without_an_initiator_name_stays_up_not_ready_and_serves_once_it_appears(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A control-plane node, or one where open-iscsi is not installed yet: no crash loop. Probe is
+    not ready and logs why, NodeGetInfo refuses with the same reason (so the registrar does not
+    register the driver there), and the name is picked up when it appears, without a restart."""
+    name_file = tmp_path / "initiatorname.iscsi"
+    services = build_services(args_for(tmp_path, "node", "--node-name", "w1", "--initiator-name-file",
+                                       str(name_file)))
+    try:
+        assert services.node is not None
+        assert not services.identity.Probe(csi_pb2.ProbeRequest(), None).ready.value
+        assert f"cannot read the initiator name from {name_file}" in caplog.text
+        with pytest.raises(FailedPrecondition, match="cannot read the initiator name") as err:
+            services.node.NodeGetInfo(csi_pb2.NodeGetInfoRequest(), None)
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(FailedPrecondition, match="cannot read the initiator name"):
+            services.node.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(
+                volume_id="csi-" + "0" * 32, volume_path="/x"), None)
+        name_file.write_text("InitiatorName=iqn.1993-08.org.debian:01:w1\n")
+        info = services.node.NodeGetInfo(csi_pb2.NodeGetInfoRequest(), None)
+        assert info.node_id.endswith("iqn.1993-08.org.debian:01:w1")
+    finally:
+        for lock in services.owned:
+            lock.release()
+
+
+def test_a_wrong_initiator_iqn_flag_stops_the_node(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rc = main(["node", "--endpoint", f"unix://{tmp_path}/n.sock", "--node-name", "w1", "--state-dir",
+               str(tmp_path / "state"), "--initiator-iqn", "not an iqn"])
     assert rc == 2
-    assert "cannot read the initiator name" in caplog.text
+    assert "not a valid" in caplog.text
 
 
 def test_controller_refuses_bad_portals(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
