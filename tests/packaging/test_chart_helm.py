@@ -128,3 +128,22 @@ def test_capacity_tracking_is_wired_end_to_end_and_can_be_turned_off(helm: Helm)
     assert next(d for d in off if d["kind"] == "CSIDriver")["spec"]["storageCapacity"] is False
     provisioner = _container(off, "Deployment", "csi-provisioner")
     assert "--enable-capacity" not in provisioner["args"] and "env" not in provisioner
+
+
+def _volume(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    workload = next(d for d in docs if d["kind"] == kind)
+    return next(v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == name)
+
+
+def test_the_node_never_makes_an_empty_etc_iscsi_and_placement_is_configurable(helm: Helm) -> None:
+    assert _volume(_rendered_with(helm), "DaemonSet", "etc-iscsi")["hostPath"]["type"] == "Directory"
+    kind = render(helm, E2E / "values-kind.yaml")
+    # A bridged (kind) node has no open-iscsi of its own: the init container fills the directory.
+    assert _volume(kind, "DaemonSet", "etc-iscsi")["hostPath"]["type"] == "DirectoryOrCreate"
+    away = "node.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0]"
+    docs = _rendered_with(helm, f"{away}.matchExpressions[0].key=node-role.kubernetes.io/control-plane",
+                          f"{away}.matchExpressions[0].operator=DoesNotExist")
+    pod = next(d for d in docs if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane",
+                                            "operator": "DoesNotExist"}]}]
