@@ -147,3 +147,20 @@ def test_the_node_never_makes_an_empty_etc_iscsi_and_placement_is_configurable(h
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [{"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane",
                                             "operator": "DoesNotExist"}]}]
+
+
+def test_every_host_network_port_is_declared_once_across_both_plugins(helm: Helm) -> None:
+    """Both workloads are on the host network and the target node runs both: a port used twice
+    would make one of them fail to listen."""
+    docs = _rendered_with(helm, "node.metricsPort=9091")
+    ports: list[int] = []
+    for workload in (d for d in docs if d["kind"] in ("Deployment", "DaemonSet")):
+        spec = workload["spec"]["template"]["spec"]
+        assert spec["hostNetwork"] is True
+        for container in spec["containers"]:
+            declared = {p["containerPort"] for p in container.get("ports", [])}
+            ports += sorted(declared)
+            for arg in container.get("args", []):
+                if arg.startswith(("--health-port=", "--http-endpoint=:", "--metrics-address=:")):
+                    assert int(arg.rsplit("=", 1)[1].lstrip(":")) in declared, (container["name"], arg)
+    assert sorted(ports) == [9090, 9091, 9808, 9809, 9810]
