@@ -164,3 +164,14 @@ def test_every_host_network_port_is_declared_once_across_both_plugins(helm: Helm
                 if arg.startswith(("--health-port=", "--http-endpoint=:", "--metrics-address=:")):
                     assert int(arg.rsplit("=", 1)[1].lstrip(":")) in declared, (container["name"], arg)
     assert sorted(ports) == [9090, 9091, 9808, 9809, 9810]
+
+
+def test_the_sidecars_never_have_more_calls_in_flight_than_the_plugin_has_workers(helm: Helm) -> None:
+    docs = _rendered_with(helm)
+    plugin = _container(docs, "Deployment", "csi-iscsi")
+    assert "--workers=12" in plugin["args"]
+    assert "--worker-threads=4" in _container(docs, "Deployment", "csi-provisioner")["args"]
+    assert "--worker-threads=4" in _container(docs, "Deployment", "csi-attacher")["args"]
+    assert "--workers=2" in _container(docs, "Deployment", "csi-resizer")["args"]
+    out = helm("template", "csi-iscsi", str(CHART), "--set", "controller.workers.provisioner=100")
+    assert out.returncode != 0 and "exceed the plugin's 12 gRPC workers" in out.stderr, out.stderr
