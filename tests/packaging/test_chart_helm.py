@@ -175,3 +175,18 @@ def test_the_sidecars_never_have_more_calls_in_flight_than_the_plugin_has_worker
     assert "--workers=2" in _container(docs, "Deployment", "csi-resizer")["args"]
     out = helm("template", "csi-iscsi", str(CHART), "--set", "controller.workers.provisioner=100")
     assert out.returncode != 0 and "exceed the plugin's 12 gRPC workers" in out.stderr, out.stderr
+
+
+def test_sidecars_take_digests_extra_args_and_their_own_resources(helm: Helm) -> None:
+    digest = "sha256:" + "ab" * 32
+    docs = _rendered_with(helm, f"sidecars.provisioner.digest={digest}", f"image.digest={digest}",
+                          "sidecars.provisioner.extraArgs={--kube-api-qps=50,--retry-interval-max=5m}",
+                          "sidecars.nodeDriverRegistrar.resources.limits.memory=32Mi")
+    provisioner = _container(docs, "Deployment", "csi-provisioner")
+    assert provisioner["image"] == f"registry.k8s.io/sig-storage/csi-provisioner@{digest}"
+    assert _container(docs, "Deployment", "csi-iscsi")["image"].endswith(f"@{digest}")
+    assert {"--kube-api-qps=50", "--retry-interval-max=5m"} <= set(provisioner["args"])
+    assert _container(docs, "DaemonSet", "node-driver-registrar")["resources"] == {"limits": {"memory": "32Mi"}}
+    assert _container(docs, "DaemonSet", "liveness-probe")["resources"]["limits"] == {"memory": "64Mi"}
+    out = helm("template", "csi-iscsi", str(CHART), "--set", "sidecars.attacher.extraArgs={rm -rf}")
+    assert out.returncode != 0 and "values don't meet the specifications of the schema" in out.stderr

@@ -8,11 +8,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{- define "csi-iscsi.image" -}}
-{{ printf "%s:%s" .Values.image.repository .Values.image.tag }}
+{{- include "csi-iscsi.sidecar" .Values.image -}}
 {{- end -}}
 
 {{- define "csi-iscsi.sidecar" -}}
+{{- if .digest -}}
+{{ printf "%s@%s" .repository .digest }}
+{{- else -}}
 {{ printf "%s:%s" .repository .tag }}
+{{- end -}}
 {{- end -}}
 
 {{/* The kubelet-side directory of the driver's node socket. */}}
