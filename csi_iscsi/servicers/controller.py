@@ -241,8 +241,10 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
 
     def GetCapacity(self, request: csi_pb2.GetCapacityRequest,
                     context: grpc.ServicerContext) -> csi_pb2.GetCapacityResponse:
-        if request.volume_capabilities:
-            check_all(request.volume_capabilities)
+        # Capabilities are not checked: a pool's room is the same for every access type and mode,
+        # and external-provisioner's capacity tracking asks with a bare mount capability whose
+        # access mode is UNKNOWN; refusing it would leave no CSIStorageCapacity objects, and with
+        # CSIDriver storageCapacity true the scheduler would then place no WaitForFirstConsumer pod.
         pool, _, _ = self._parameters(dict(request.parameters))
         zone = request.accessible_topology.segments.get(TOPOLOGY_KEY) if request.HasField(
             "accessible_topology") else None

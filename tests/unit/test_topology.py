@@ -85,3 +85,16 @@ def test_create_volume_returns_where_the_volume_is_reachable_and_refuses_elsewhe
     listed = zoned.stub.ListVolumes(csi_pb2.ListVolumesRequest()).entries
     assert [dict(t.segments) for t in listed[0].volume.accessible_topology] == [
         {TOPOLOGY_KEY: "a"}, {TOPOLOGY_KEY: "b"}]
+
+
+def test_get_capacity_answers_the_request_external_provisioners_capacity_tracking_sends(zoned: World) -> None:
+    """It asks per zone and StorageClass with one mount capability, access mode UNKNOWN: refused,
+    no CSIStorageCapacity objects exist and no WaitForFirstConsumer pod is ever scheduled."""
+    request = csi_pb2.GetCapacityRequest(
+        volume_capabilities=[csi_pb2.VolumeCapability(
+            mount=csi_pb2.VolumeCapability.MountVolume(),
+            access_mode=csi_pb2.VolumeCapability.AccessMode(mode=csi_pb2.VolumeCapability.AccessMode.UNKNOWN))],
+        parameters={"csi.storage.k8s.io/fstype": "ext4"}, accessible_topology=zone("a"))
+    assert zoned.stub.GetCapacity(request).available_capacity > 0
+    request.accessible_topology.CopyFrom(zone("z"))
+    assert zoned.stub.GetCapacity(request).available_capacity == 0
