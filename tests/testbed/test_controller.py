@@ -106,11 +106,13 @@ def test_publish_lets_the_node_in_and_unpublish_cuts_it_off(env: dict[str, Path]
         # multipath to give up queueing and fail it, and then removes everything.
         reader = subprocess.Popen(["dd", f"if={attachment.device}", "of=/dev/null", "bs=4096", "count=1",
                                    "skip=100", "iflag=direct"], stderr=subprocess.PIPE, text=True)
+        time.sleep(2)
+        assert reader.poll() is None, "the reader was not held by the cut paths"  # it waits on queued I/O
         began = time.monotonic()
         att.detach(pctx["targetIQN"], 0, pctx["wwid"])
         print(f"detach after the ACL was cut took {time.monotonic() - began:.1f} s")
         _, err = reader.communicate(timeout=10)
-        assert reader.returncode != 0, err  # its read failed: there was no path left to serve it
+        assert reader.returncode != 0 and "Input/output error" in err, err  # no path was left to serve it
         assert not Path(attachment.device).exists()
         with pytest.raises(Unavailable, match="failed on every portal"):
             att.attach(pctx["targetIQN"], PORTALS, 0, pctx["wwid"])
@@ -342,5 +344,7 @@ def test_zones_constrain_where_volumes_are_made_and_said_to_be_reachable(env: di
         def capacity(zone: str) -> int:
             return int(plugin.controller.GetCapacity(csi_pb2.GetCapacityRequest(
                 accessible_topology=csi_pb2.Topology(segments={key: zone})), timeout=30).available_capacity)
-        assert capacity("rack-a") > 0 and capacity("rack-a") == capacity("rack-b") and capacity("rack-c") == 0
+        # Two readings of a live filesystem: equal up to what the system wrote in between.
+        assert capacity("rack-a") > 0 and abs(capacity("rack-a") - capacity("rack-b")) < 64 * MiB
+        assert capacity("rack-c") == 0
         delete(plugin, volume.volume_id)
