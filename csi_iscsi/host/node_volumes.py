@@ -381,9 +381,16 @@ class NodeVolumes:
             return True, f"multipathd cannot report paths: {exc}"
         if not paths:
             return True, "multipathd reports no paths for the volume"
-        bad = [str(p) for p in paths if p.down]
+        # A path multipathd has with dm state "undef" and that is not under the map is an orphan
+        # (left out of it, e.g. after a failed reload): it carries none of the volume's I/O. One
+        # under the map is only not synced yet.
+        slaves = set(self._multipath.slaves(state.wwid))
+        bad = [str(p) for p in paths if p.down or (p.dm_state == "undef" and p.device not in slaves)]
         if bad:
             return True, f"{len(bad)} of {len(paths)} paths are down: {', '.join(bad)}"
+        if len(paths) < len(state.portals):
+            return True, (f"{len(paths)} paths for {len(state.portals)} portals: a portal has no session; "
+                          "the volume has less redundancy than it was given")
         return False, f"all {len(paths)} paths active"
 
 

@@ -300,3 +300,10 @@ def test_volume_condition_counts_only_paths_that_are_down(world: NodeWorld) -> N
     down = condition(f"{WWID} sdb failed faulty\n{WWID} sdc active ready\n")
     assert down.abnormal and down.message == "1 of 2 paths are down: sdb (failed, faulty)"
     assert condition("").message == "multipathd reports no paths for the volume"
+    # An orphan: multipathd knows the path by the WWID, but it is not under the map.
+    orphan = condition(f"{WWID} sdb active ready\n{WWID} sdc active ready\n{WWID} sdd undef undef\n")
+    assert orphan.abnormal and orphan.message == "1 of 3 paths are down: sdd (undef, undef)"
+    unsynced = condition(f"{WWID} sdb undef ready\n{WWID} sdc active ready\n")  # under the map: not down
+    assert not unsynced.abnormal, unsynced.message
+    one = condition(f"{WWID} sdb active ready\n")
+    assert one.abnormal and one.message.startswith("1 paths for 2 portals")
