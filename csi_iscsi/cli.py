@@ -25,6 +25,7 @@ from csi_iscsi.contract import (
     is_portal,
     is_target_iqn_prefix,
 )
+from csi_iscsi.health import HealthServer, grpc_answers
 from csi_iscsi.host.attach import Attacher, AttachTimeouts
 from csi_iscsi.host.filesystem import Filesystems
 from csi_iscsi.host.initiator import DEFAULT_FILE, read_initiator_name
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--endpoint", default=os.environ.get("CSI_ENDPOINT", "unix:///csi/csi.sock"),
                         help="unix:///path.sock or tcp://host:port (env CSI_ENDPOINT)")
     common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    common.add_argument("--health-address", default="",
+                        help="host:port for /healthz (liveness: the gRPC server answers) and /readyz (readiness, "
+                             "with the reason); off if empty")
     common.add_argument("--metrics-address", default="",
                         help="host:port for Prometheus metrics; off if empty")
     common.add_argument("--grace-period", type=float, default=30.0,
@@ -222,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.metrics_address:
         host, port = args.metrics_address.rsplit(":", 1)
         start_http_server(int(port), addr=host or "0.0.0.0")
+    if args.health_address:
+        identity = services.identity
+        assert isinstance(identity, IdentityServicer)
+        HealthServer(args.health_address, lambda: grpc_answers(args.endpoint), identity.readiness).start()
     log.info("csi-iscsi %s starting in %s mode", __version__, args.mode)
     server.serve_until_signal(args.grace_period)
     return 0

@@ -44,6 +44,11 @@ class IdentityServicer(csi_pb2_grpc.IdentityServicer):
         return csi_pb2.GetPluginCapabilitiesResponse(capabilities=PLUGIN_CAPABILITIES)
 
     def Probe(self, request: csi_pb2.ProbeRequest, context: grpc.ServicerContext) -> csi_pb2.ProbeResponse:
+        ready, _ = self.readiness()
+        return csi_pb2.ProbeResponse(ready=BoolValue(value=ready))
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether the plugin can do its job now, and if not why (Probe and /readyz)."""
         ready, why = self._readiness()
         # Probe answers only a boolean: the reason goes to the log, once per change, not per probe.
         if (ready, why) != self._last:
@@ -52,4 +57,4 @@ class IdentityServicer(csi_pb2_grpc.IdentityServicer):
             else:
                 log.warning("not ready: %s", why)
             self._last = (ready, why)
-        return csi_pb2.ProbeResponse(ready=BoolValue(value=ready))
+        return ready, why

@@ -108,7 +108,7 @@ def test_a_metrics_port_of_zero_turns_metrics_off_on_every_supported_helm(helm: 
     for kind, name in (("Deployment", "csi-iscsi"), ("DaemonSet", "csi-iscsi")):
         plugin = _container(docs, kind, name)
         assert not any(a.startswith("--metrics-address") for a in plugin["args"]), plugin["args"]
-        assert "ports" not in plugin
+        assert [p["name"] for p in plugin["ports"]] == ["healthz"]
     on = _container(_rendered_with(helm), "Deployment", "csi-iscsi")
     assert "--metrics-address=:9090" in on["args"]
 
@@ -147,6 +147,11 @@ def test_the_node_never_makes_an_empty_etc_iscsi_and_placement_is_configurable(h
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [{"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane",
                                             "operator": "DoesNotExist"}]}]
+    # That is also the default; node.controlPlane=true lets the plugin onto control-plane nodes.
+    default = next(d for d in _rendered_with(helm) if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+    assert default["affinity"] == pod["affinity"]
+    everywhere = _rendered_with(helm, "node.controlPlane=true")
+    assert "affinity" not in next(d for d in everywhere if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]
 
 
 def test_every_host_network_port_is_declared_once_across_both_plugins(helm: Helm) -> None:
@@ -161,7 +166,7 @@ def test_every_host_network_port_is_declared_once_across_both_plugins(helm: Helm
             declared = {p["containerPort"] for p in container.get("ports", [])}
             ports += sorted(declared)
             for arg in container.get("args", []):
-                if arg.startswith(("--health-port=", "--http-endpoint=:", "--metrics-address=:")):
+                if arg.startswith(("--health-address=:", "--http-endpoint=:", "--metrics-address=:")):
                     assert int(arg.rsplit("=", 1)[1].lstrip(":")) in declared, (container["name"], arg)
     assert sorted(ports) == [9090, 9091, 9808, 9809, 9810]
 
@@ -187,6 +192,21 @@ def test_sidecars_take_digests_extra_args_and_their_own_resources(helm: Helm) ->
     assert _container(docs, "Deployment", "csi-iscsi")["image"].endswith(f"@{digest}")
     assert {"--kube-api-qps=50", "--retry-interval-max=5m"} <= set(provisioner["args"])
     assert _container(docs, "DaemonSet", "node-driver-registrar")["resources"] == {"limits": {"memory": "32Mi"}}
-    assert _container(docs, "DaemonSet", "liveness-probe")["resources"]["limits"] == {"memory": "64Mi"}
+    assert _container(docs, "DaemonSet", "csi-iscsi")["resources"]["limits"] == {"memory": "256Mi"}
     out = helm("template", "csi-iscsi", str(CHART), "--set", "sidecars.attacher.extraArgs={rm -rf}")
     assert out.returncode != 0 and "values don't meet the specifications of the schema" in out.stderr
+
+
+def test_liveness_is_the_plugins_own_and_never_follows_readiness(helm: Helm) -> None:
+    """livenessprobe (the sidecar) fails when Probe says not ready, so a stopped iscsid or a node
+    without an initiator name restarted the plugin forever; the plugin's /healthz only asks
+    whether its gRPC server answers."""
+    docs = _rendered_with(helm)
+    for kind, port in (("Deployment", 9808), ("DaemonSet", 9809)):
+        workload = next(d for d in docs if d["kind"] == kind)
+        names = [c["name"] for c in workload["spec"]["template"]["spec"]["containers"]]
+        assert "liveness-probe" not in names
+        plugin = _container(docs, kind, "csi-iscsi")
+        assert f"--health-address=:{port}" in plugin["args"]
+        assert plugin["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+        assert "readinessProbe" not in plugin  # a node that is not ready must not stall a rollout
