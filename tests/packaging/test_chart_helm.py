@@ -30,7 +30,7 @@ HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")
 def helm(request: pytest.FixtureRequest) -> Helm:
     release = next(r for r in RELEASES if r.version == request.param)
     binary = helm_path(VENV, release)
-    if not binary.is_file():
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
         message = f"helm {release.version} is not installed at {binary}: run scripts/setup"
         if os.environ.get("CI") == "true":
             pytest.fail(message)

@@ -131,3 +131,12 @@ def test_a_second_node_plugin_on_the_same_state_dir_waits_for_the_first(tmp_path
                 proc.terminate()
                 proc.wait(30)
 
+
+
+def test_a_state_directory_that_cannot_be_made_is_a_reason_not_a_traceback(tmp_path: Path) -> None:
+    from csi_iscsi.servicers.node import DeferredNode
+
+    def make() -> tuple[object, object]:
+        raise PermissionError(13, "Permission denied", "/var/lib/csi-iscsi/node/volumes")
+    ready, why = DeferredNode(make).ready()  # type: ignore[arg-type]
+    assert not ready and "cannot start its host side" in why and "Permission denied" in why
