@@ -14,6 +14,7 @@ from csi_iscsi.base.errors import (
     InvalidArgument,
     NotFound,
     OutOfRange,
+    ResourceExhausted,
 )
 from csi_iscsi.base.locks import VolumeLocks
 from csi_iscsi.base.redact import quoted
@@ -119,8 +120,12 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
             raise InvalidArgument("mutable_parameters are not supported (no ModifyVolume)")
         pool, auth, params = self._parameters(dict(request.parameters))
         size = _capacity(request.capacity_range)
-        zones = accessible_zones(self._zones, request.accessibility_requirements
-                                 if request.HasField("accessibility_requirements") else None)
+        unreachable: ResourceExhausted | None = None
+        try:
+            zones = accessible_zones(self._zones, request.accessibility_requirements
+                                     if request.HasField("accessibility_requirements") else None)
+        except ResourceExhausted as exc:
+            zones, unreachable = [], exc
         volume_id = contract.volume_id_for_name(request.name)
         with self._locks.hold(volume_id, "CreateVolume"):
             existing = self._target.get(volume_id)
@@ -133,6 +138,11 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
                     raise AlreadyExists(
                         f"volume {quoted(request.name)} exists ({existing.capacity_bytes} bytes, "
                         f"{existing.access_type}, {dict(existing.parameters)}) and does not match this request")
+                if unreachable is not None:
+                    raise AlreadyExists(f"volume {quoted(request.name)} exists and is reachable from the zones this "
+                                        f"controller serves, which the requested topology excludes: {unreachable}")
+            elif unreachable is not None:
+                raise unreachable
             record = self._target.create(VolumeSpec(
                 volume_id=volume_id, name=request.name, pool=pool,
                 capacity_bytes=existing.capacity_bytes if existing else size,

@@ -98,3 +98,10 @@ def test_get_capacity_answers_the_request_external_provisioners_capacity_trackin
     assert zoned.stub.GetCapacity(request).available_capacity > 0
     request.accessible_topology.CopyFrom(zone("z"))
     assert zoned.stub.GetCapacity(request).available_capacity == 0
+
+
+def test_an_existing_volume_asked_for_where_it_cannot_be_reached_is_already_exists(zoned: World) -> None:
+    create(zoned, "pvc-here", req(["a"]))
+    with pytest.raises(grpc.RpcError) as err:
+        create(zoned, "pvc-here", req(["z"]))
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS, err.value.details()
