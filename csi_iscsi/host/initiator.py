@@ -19,6 +19,8 @@ def read_initiator_name(path: Path = DEFAULT_FILE, override: str = "") -> str:
             text = path.read_text()
         except OSError as exc:
             raise FailedPrecondition(f"cannot read the initiator name from {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise FailedPrecondition(f"{path} is not text: {exc.reason} at byte {exc.start}") from exc
         names = [line.split("=", 1)[1].strip() for line in text.splitlines()
                  if line.strip().startswith("InitiatorName=")]
         if len(names) != 1:

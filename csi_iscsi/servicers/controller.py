@@ -251,15 +251,23 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
 
     def GetCapacity(self, request: csi_pb2.GetCapacityRequest,
                     context: grpc.ServicerContext) -> csi_pb2.GetCapacityResponse:
-        # Capabilities are not checked: a pool's room is the same for every access type and mode,
-        # and external-provisioner's capacity tracking asks with a bare mount capability whose
-        # access mode is UNKNOWN; refusing it would leave no CSIStorageCapacity objects, and with
-        # CSIDriver storageCapacity true the scheduler would then place no WaitForFirstConsumer pod.
+        # external-provisioner's capacity tracking asks with a bare mount capability whose access
+        # mode is UNKNOWN: refusing it would leave no CSIStorageCapacity objects, and with CSIDriver
+        # storageCapacity true the scheduler would then place no WaitForFirstConsumer pod. A
+        # capability the driver cannot serve gets no room (0), not an error.
+        known = [c for c in request.volume_capabilities
+                 if c.access_mode.mode != csi_pb2.VolumeCapability.AccessMode.UNKNOWN]
+        servable = True
+        if known:
+            try:
+                check_all(known)
+            except InvalidArgument:
+                servable = False
         pool, _, _ = self._parameters(dict(request.parameters))
         zone = request.accessible_topology.segments.get(TOPOLOGY_KEY) if request.HasField(
             "accessible_topology") else None
         # The target is reachable from the zones the controller serves; elsewhere there is nothing to give.
-        available = self._target.available_bytes(pool) if zone in (None, *self._zones) else 0
+        available = self._target.available_bytes(pool) if servable and zone in (None, *self._zones) else 0
         return csi_pb2.GetCapacityResponse(
             available_capacity=available, maximum_volume_size={"value": available},
             minimum_volume_size={"value": SIZE_ALIGN})

@@ -166,8 +166,8 @@ def test_every_host_network_port_is_declared_once_across_both_plugins(helm: Helm
             declared = {p["containerPort"] for p in container.get("ports", [])}
             ports += sorted(declared)
             for arg in container.get("args", []):
-                if arg.startswith(("--health-address=:", "--http-endpoint=:", "--metrics-address=:")):
-                    assert int(arg.rsplit("=", 1)[1].lstrip(":")) in declared, (container["name"], arg)
+                if arg.startswith(("--health-address=", "--http-endpoint=", "--metrics-address=")):
+                    assert int(arg.rsplit(":", 1)[1]) in declared, (container["name"], arg)
     assert sorted(ports) == [9090, 9091, 9808, 9809, 9810]
 
 
@@ -207,6 +207,6 @@ def test_liveness_is_the_plugins_own_and_never_follows_readiness(helm: Helm) -> 
         names = [c["name"] for c in workload["spec"]["template"]["spec"]["containers"]]
         assert "liveness-probe" not in names
         plugin = _container(docs, kind, "csi-iscsi")
-        assert f"--health-address=:{port}" in plugin["args"]
-        assert plugin["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+        assert f"--health-address=127.0.0.1:{port}" in plugin["args"]
+        assert plugin["livenessProbe"]["httpGet"] == {"host": "127.0.0.1", "path": "/healthz", "port": port}
         assert "readinessProbe" not in plugin  # a node that is not ready must not stall a rollout

@@ -27,6 +27,9 @@ def test_initiator_name_is_read_and_checked(tmp_path: Path) -> None:
         read_initiator_name(f)
     with pytest.raises(FailedPrecondition, match="cannot read"):
         read_initiator_name(tmp_path / "missing")
+    f.write_bytes(b"InitiatorName=iqn.1993-08.org.debian:01:\xff\n")
+    with pytest.raises(FailedPrecondition, match="is not text"):
+        read_initiator_name(f)
 
 
 def test_a_node_without_an_initiator_name_stays_up_not_ready_and_serves_once_it_appears(

@@ -105,3 +105,11 @@ def test_an_existing_volume_asked_for_where_it_cannot_be_reached_is_already_exis
     with pytest.raises(grpc.RpcError) as err:
         create(zoned, "pvc-here", req(["z"]))
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS, err.value.details()
+
+
+def test_get_capacity_gives_no_room_for_a_capability_the_driver_cannot_serve(zoned: World) -> None:
+    many = csi_pb2.VolumeCapability(mount=csi_pb2.VolumeCapability.MountVolume(fs_type="ext4"),
+                                    access_mode=csi_pb2.VolumeCapability.AccessMode(
+                                        mode=csi_pb2.VolumeCapability.AccessMode.MULTI_NODE_MULTI_WRITER))
+    assert zoned.stub.GetCapacity(csi_pb2.GetCapacityRequest(volume_capabilities=[many])).available_capacity == 0
+    assert zoned.stub.GetCapacity(csi_pb2.GetCapacityRequest(volume_capabilities=[cap()])).available_capacity > 0
