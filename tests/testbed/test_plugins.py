@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,6 +91,14 @@ def test_probe_is_not_ready_without_iscsid(tmp_path: Path) -> None:
         subprocess.run(["systemctl", "start", "iscsid.socket", "iscsid.service"], check=True)
 
 
+def _http(path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:19809{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
 def test_a_node_without_an_initiator_name_stays_up_and_says_why(tmp_path: Path) -> None:
     """A control-plane node or one without open-iscsi: the plugin keeps running (no crash loop),
     Probe is not ready, NodeGetInfo refuses with the reason, and the name is used once it exists."""
@@ -95,11 +106,16 @@ def test_a_node_without_an_initiator_name_stays_up_and_says_why(tmp_path: Path) 
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "csi_iscsi", "node", "--endpoint", f"unix://{sock}",
                                  "--node-name", "cp-1", "--state-dir", str(tmp_path / "state"),
-                                 "--initiator-name-file", str(name_file)], stdout=out, stderr=out)
+                                 "--initiator-name-file", str(name_file), "--health-address", "127.0.0.1:19809"],
+                                stdout=out, stderr=out)
     try:
         with _wait_ready(sock, proc) as channel:
             probe = csi_pb2_grpc.IdentityStub(channel).Probe(csi_pb2.ProbeRequest(), timeout=10)
             assert probe.ready.value is False
+            # What the chart's liveness probe asks: alive, though not ready; the reason is on /readyz.
+            assert _http("/healthz") == (200, "alive\n")
+            status, body = _http("/readyz")
+            assert status == 503 and body.startswith(f"cannot read the initiator name from {name_file}"), body
             with pytest.raises(grpc.RpcError) as err:
                 csi_pb2_grpc.NodeStub(channel).NodeGetInfo(csi_pb2.NodeGetInfoRequest(), timeout=10)
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -109,6 +125,8 @@ def test_a_node_without_an_initiator_name_stays_up_and_says_why(tmp_path: Path) 
             info = csi_pb2_grpc.NodeStub(channel).NodeGetInfo(csi_pb2.NodeGetInfoRequest(), timeout=10)
             assert info.node_id == str(NodeId("cp-1", "iqn.2026-11.io.csi-iscsi:cp-1"))
             assert csi_pb2_grpc.IdentityStub(channel).Probe(csi_pb2.ProbeRequest(), timeout=10).ready.value
+            time.sleep(2.5)  # the endpoint answers from a 2 s cache
+            assert _http("/readyz") == (200, "ready\n")
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0
