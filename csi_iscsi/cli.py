@@ -194,7 +194,7 @@ def build_services(args: argparse.Namespace) -> Services:
         deferred = DeferredNode(make_node)
         node = NodeServicer(deferred)
         checks.append(deferred.ready)
-        checks.append(lambda: node_ready(runner))
+        checks.append(lambda: node_ready(runner, multipath_mode=args.multipath))
 
     def readiness() -> tuple[bool, str]:
         for check in checks:

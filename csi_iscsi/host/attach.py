@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from csi_iscsi.base.errors import CsiIscsiError, DeadlineExceeded, FailedPrecondition, Unavailable
 from csi_iscsi.base.faults import fault_point
-from csi_iscsi.base.runner import CommandFailed
+from csi_iscsi.base.runner import CommandFailed, CommandTimedOut
 from csi_iscsi.chap import Chap
 from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
 from csi_iscsi.host.multipath import Multipath
@@ -57,8 +57,25 @@ class Attacher:
         self._timeouts = timeouts or AttachTimeouts()
         self._poll = poll_interval
 
+    @property
+    def queueing_grace(self) -> float:
+        """How long a detach lets a map with no usable path keep its queued I/O, waiting for a path
+        to come back, before failing it: half of --detach-timeout, leaving the rest for the steps."""
+        return self._timeouts.detach / 2
+
     def attach(self, target_iqn: str, portals: list[str], lun: int, wwid: str,
                chap: Chap | None = None) -> Attachment:
+        with self._iscsiadm.iface_in_use(self._settings):
+            return self._attach(target_iqn, portals, lun, wwid, chap)
+
+    def _attach(self, target_iqn: str, portals: list[str], lun: int, wwid: str, chap: Chap | None) -> Attachment:
+        map_existed = False
+        if self._multipath is not None:
+            map_existed = self._multipath.dm_name(wwid) is not None
+            try:
+                self._multipath.remember(wwid)
+            except (CommandFailed, CommandTimedOut) as exc:  # wait_for_map still asks multipath itself
+                log.warning("adding %s to multipath's wwids file failed: %s", wwid, exc)
         for portal in portals:
             self._iscsiadm.create_node(target_iqn, portal, self._settings, chap)
         fault_point("stage.after_records")
@@ -92,6 +109,10 @@ class Attacher:
             device = f"/dev/{paths[0]}"
         else:
             device = str(self._multipath.wait_for_map(wwid, paths, self._timeouts.multipath_map))
+            if map_existed:
+                # A map a failed detach left behind may have had its queueing stopped: a volume in use
+                # must ride out a target restart again.
+                self._multipath.restore_queueing(wwid)
         fault_point("stage.after_device")
         return Attachment(target_iqn, wwid, device, tuple(paths), tuple(failed))
 
@@ -112,6 +133,7 @@ class Attacher:
         mine = {s.sid for s in self.sessions(target_iqn)}
         shared = any(s.target_iqn == target_iqn and s.sid not in mine for s in self._scsi.iscsi_sessions())
         self._iscsiadm.delete_target_records(target_iqn, iface=self._settings.iface if shared else "")
+        self._iscsiadm.forget_iface_if_unused(self._settings)
 
     def _flush_pathless_maps(self, wwid: str, deadline: float) -> None:
         """A map of this WWID (by any name) rebuilt between the last check and the deletes is left
@@ -147,6 +169,13 @@ class Attacher:
         """Idempotent; touches only this target's sessions, devices, map and records; every step
         within --detach-timeout in all."""
         deadline = time.monotonic() + self._timeouts.detach
+        if self._maps is None:
+            self._detach(target_iqn, lun, wwid, deadline)
+            return
+        with self._maps.queueing_bounded(wwid, self.queueing_grace):
+            self._detach(target_iqn, lun, wwid, deadline)
+
+    def _detach(self, target_iqn: str, lun: int, wwid: str, deadline: float) -> None:
         sessions = self.sessions(target_iqn)
         devices = [d.name for s in sessions for d in self._scsi.devices(s.sid, lun)]
         if self._maps is not None:
@@ -166,6 +195,13 @@ class Attacher:
             time.sleep(self._poll)
         if self._maps is not None:
             self._flush_pathless_maps(wwid, deadline)
+            # Not while any SCSI device carries the WWID: another node on this kernel (kind) may be
+            # attaching the volume, and its paths need the line.
+            if self._multipath is not None and not self._maps.maps_of(wwid) and not self._scsi.devices_with(wwid):
+                try:
+                    self._maps.forget(wwid)
+                except (CommandFailed, CommandTimedOut) as exc:  # a stale wwids line claims only this LUN
+                    log.warning("taking %s out of multipath's wwids file failed: %s", wwid, exc)
         fault_point("unstage.after_devices")
         # By session id: this node's sessions whatever record or iface made them (an older version's,
         # one made by hand), and never another node's that shares this iscsid.

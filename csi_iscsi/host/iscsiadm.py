@@ -7,18 +7,25 @@ granted, and node.startup=manual keeps a reboot from logging in behind the drive
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from csi_iscsi.base.errors import CsiIscsiError
 from csi_iscsi.base.runner import CommandFailed, Runner
 from csi_iscsi.chap import Chap
 
 ISCSIADM = "iscsiadm"
 # iscsiadm exit codes (open-iscsi's iscsi_err.h) the driver treats specially.
 EXIT_DB_FAILURE = 6  # the record database was busy: retry
+EXIT_INVALID_ARGUMENT = 7  # also: deleting an iface that does not exist
+# ISCSI_ERR_NOMEM, which iscsiadm 2.1.8 returns when asked for the records of an iface it cannot read.
+EXIT_IFACE_UNREADABLE = 3
 EXIT_SESSION_EXISTS = 15
 EXIT_NO_OBJS_FOUND = 21  # no session / no record: fine on cleanup
 
@@ -67,7 +74,8 @@ class Iscsiadm:
         self._db_retries = db_retries
         self._db_retry_delay = db_retry_delay
         self._ifaces_made: set[str] = set()
-        self._iface_lock = threading.Lock()
+        self._iface_users: Counter[str] = Counter()
+        self._iface_lock = threading.RLock()
 
     def _run(self, args: list[str], *, ok_codes: tuple[int, ...] = (0,), secrets: tuple[str, ...] = (),
              timeout: float | None = None) -> int:
@@ -98,6 +106,44 @@ class Iscsiadm:
             for name, value in (("iface.transport_name", "tcp"), ("iface.initiatorname", settings.initiator_name)):
                 self._run(["-m", "iface", "-I", iface, "-o", "update", "-n", name, "-v", value])
             self._ifaces_made.add(iface)
+
+    @contextlib.contextmanager
+    def iface_in_use(self, settings: SessionSettings) -> Iterator[None]:
+        """Holds the iface while an attach makes its records and logs in: forget_iface_if_unused
+        must not delete it between the two."""
+        iface = settings.iface
+        with self._iface_lock:
+            self._iface_users[iface] += 1
+        try:
+            yield
+        finally:
+            with self._iface_lock:
+                self._iface_users[iface] -= 1
+
+    def forget_iface_if_unused(self, settings: SessionSettings) -> None:
+        """Delete the driver's iface record once no node record is bound to it. While it exists, a
+        plain `iscsiadm -m discovery` by anyone on the node makes records for it too (discovery
+        binds new records to every iface), and a login-all would log in with the driver's name."""
+        iface = settings.iface
+        if not iface:
+            return
+        with self._iface_lock:
+            if self._iface_users[iface] > 0:
+                return
+            try:
+                found = self._run(["-m", "node", "-I", iface], timeout=30,
+                                  ok_codes=(0, EXIT_IFACE_UNREADABLE, EXIT_NO_OBJS_FOUND))
+                if found == 0:
+                    return  # records of another volume (or of someone's discovery) still use it
+                # Forgotten before the delete: a delete that fails half-way must not leave the next
+                # attach trusting an iface that is gone.
+                self._ifaces_made.discard(iface)
+                if found == EXIT_NO_OBJS_FOUND:
+                    # Deleting an iface also deletes the records bound to it; there are none.
+                    self._run(["-m", "iface", "-I", iface, "-o", "delete"], ok_codes=(0, EXIT_INVALID_ARGUMENT),
+                              timeout=30)
+            except CsiIscsiError as exc:  # the volume is detached; a leftover iface is only untidy
+                log.warning("deleting the iface record %s: %s", iface, exc)
 
     def create_node(self, iqn: str, portal: str, settings: SessionSettings, chap: Chap | None = None) -> None:
         """Create (or refresh) the record of one target portal with the given settings."""

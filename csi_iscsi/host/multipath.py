@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +51,8 @@ class Multipath:
         self._dev = dev
         self._sys = sysfs
         self._poll = poll_interval
+        self._watched: set[str] = set()  # maps a queueing_bounded watches
+        self._watch_lock = threading.Lock()
 
     def map_path(self, wwid: str) -> Path:
         return self._dev / "mapper" / wwid
@@ -92,12 +96,91 @@ class Multipath:
         except FileNotFoundError:
             return []
 
+    def remember(self, wwid: str) -> None:
+        """Put the WWID in multipath's wwids file before its paths appear: with the node's own
+        find_multipaths (Debian's and RHEL's strict or yes), multipathd then builds the map of this
+        volume, and of no disk the driver did not ask for."""
+        self._runner.run([MULTIPATH, "-a", wwid], timeout=30)
+
+    def forget(self, wwid: str) -> None:
+        """Take the WWID out of the wwids file once the volume has left the node."""
+        self._runner.run([MULTIPATH, "-w", wwid], ok_codes=(0, 1), timeout=30)
+
+    def stop_queueing(self, name: str) -> bool:
+        """Make the map fail queued and new I/O instead of queueing it with no path; False when
+        multipathd refused (no such map, or it is not running)."""
+        result = self._runner.run([MULTIPATHD, "disablequeueing", "map", name], ok_codes=(0, 1), timeout=10)
+        return result.returncode == 0 and "fail" not in result.stdout
+
+    def restore_queueing(self, name: str) -> None:
+        """Back to the configured no_path_retry, after stop_queueing on a map that stays in use."""
+        self._runner.run([MULTIPATHD, "restorequeueing", "map", name], ok_codes=(0, 1), timeout=10)
+
+    def has_usable_path(self, wwid: str) -> bool | None:
+        """Whether any path of the map can carry I/O now; None when that cannot be told."""
+        try:
+            states = self.path_states(wwid)
+        except (CommandFailed, CommandTimedOut):
+            return None
+        if not states:
+            # multipathd lists none: a map left with no paths at all cannot carry I/O; one whose
+            # paths multipathd does not know (restarted, say) is not for us to judge.
+            return False if self.dm_name(wwid) is not None and not self.slaves(wwid) else None
+        return any(s.dm_state == "active" and not s.down for s in states)
+
+    @contextlib.contextmanager
+    def queueing_bounded(self, wwid: str, grace: float, check_every: float | None = None) -> Iterator[None]:
+        """While the body runs (umount, flush: steps that wait for queued I/O), once the map has had
+        no usable path for grace seconds in a row, stop its queueing so that the body can finish:
+        the target is dead or has fenced this node, and the volume is leaving it. A path that comes
+        back within grace keeps every queued write. Nested uses for one map watch once."""
+        with self._watch_lock:
+            if wwid in self._watched:
+                yield
+                return
+            self._watched.add(wwid)
+        done = threading.Event()
+        interval = check_every if check_every is not None else min(1.0, max(0.05, grace / 10))
+
+        def watch() -> None:
+            pathless_since: float | None = None
+            while not done.wait(interval):
+                try:
+                    if self.dm_name(wwid) is None:
+                        return
+                    usable = self.has_usable_path(wwid)
+                    if usable is not False:
+                        pathless_since = None
+                        continue
+                    now = time.monotonic()
+                    pathless_since = now if pathless_since is None else pathless_since
+                    if now - pathless_since < grace or done.is_set():
+                        continue
+                    if self.stop_queueing(wwid):
+                        log.error("multipath map %s has had no usable path for %.0f s while it is being detached: "
+                                  "queueing stopped, so writes not yet on the target fail rather than hold the "
+                                  "detach", wwid, now - pathless_since)
+                        return
+                except Exception as exc:  # the bound must outlive a failed check: log and look again
+                    log.warning("checking the paths of map %s during its detach: %s", wwid, exc)
+
+        watcher = threading.Thread(target=watch, name=f"queueing-bound-{wwid}", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            done.set()
+            # Its commands are bounded (10 s each): joined, it cannot act on a map a later call makes.
+            watcher.join()
+            with self._watch_lock:
+                self._watched.discard(wwid)
+
     def wait_for_map(self, wwid: str, devices: Collection[str], timeout: float,
                      nudge_after: float = 3.0) -> Path:
         """Wait until the map exists with every one of devices as a path.
 
-        multipathd builds the map from udev events; if it has not after nudge_after seconds
-        (say the node's multipath.conf wants find_multipaths strict), ask multipath once.
+        multipathd builds the map from udev events (remember() first lets it, whatever
+        find_multipaths says); if it has not after nudge_after seconds, ask multipath once.
         """
         want = set(devices)
         start = time.monotonic()
@@ -114,7 +197,7 @@ class Multipath:
                 raise DeadlineExceeded(
                     f"multipath map {wwid} did not appear with paths {sorted(want)} within {timeout:g} s "
                     f"(has {self.slaves(wwid)}, {path} {'exists' if path.exists() else 'absent'}); "
-                    "is multipathd running with find_multipaths no, and udev?")
+                    "is multipathd running, and udev, and are LIO LUNs not blacklisted (docs/multipath.md)?")
             if not nudged and elapsed > nudge_after:
                 nudged = True
                 try:

@@ -55,7 +55,7 @@ class NodeVolumes:
             return True
         if self._mode == "required":
             raise FailedPrecondition("multipathd is not running on this node and --multipath=required; start "
-                                     "multipathd (with find_multipaths no) or run the node plugin with "
+                                     "multipathd (docs/multipath.md) or run the node plugin with "
                                      "--multipath=preferred")
         log.warning("multipathd is not running: attaching over one path only (--multipath=preferred)")
         return False
@@ -225,13 +225,19 @@ class NodeVolumes:
     def unstage(self, volume_id: str, staging_path: str) -> None:
         """Idempotent, needs no secrets, works without the state file; touches no other volume."""
         state = self._states.get(volume_id)
-        self._fs.umount(staging_path)
-        if state is not None and state.phase != UNSTAGING:
-            # From here the volume is not mounted where a publish would look: refuse publishes even
-            # if the detach below fails (a busy map) and the state stays.
-            self._states.put(replace(state, phase=UNSTAGING))
-        fault_point("unstage.after_umount")
-        self._detach(volume_id, state)  # the staging directory itself is the CO's: left in place
+        wwid = state.wwid if state is not None else contract.wwid(volume_id)
+        guard = (self._maps.queueing_bounded(wwid, self._attacher.queueing_grace)
+                 if self._maps is not None and self._maps.dm_name(wwid) is not None else contextlib.nullcontext())
+        # umount writes the filesystem's dirty data back: with the target dead or this node fenced it
+        # would wait on multipath's queueing as long as that lasts, so the bound covers it too.
+        with guard:
+            self._fs.umount(staging_path)
+            if state is not None and state.phase != UNSTAGING:
+                # From here the volume is not mounted where a publish would look: refuse publishes even
+                # if the detach below fails (a busy map) and the state stays.
+                self._states.put(replace(state, phase=UNSTAGING))
+            fault_point("unstage.after_umount")
+            self._detach(volume_id, state)  # the staging directory itself is the CO's: left in place
 
     def staged(self, volume_id: str) -> StageState | None:
         state = self._states.get(volume_id)

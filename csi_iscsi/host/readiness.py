@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from csi_iscsi.base.errors import CsiIscsiError
 from csi_iscsi.base.runner import Runner
+from csi_iscsi.host import multipath_config
 
 # iscsiadm reaches iscsid on this abstract unix socket (open-iscsi's ISCSIADM_NAMESPACE; systemd's
 # iscsid.socket listens on it too). Abstract sockets belong to a network namespace: the plugin runs
@@ -26,7 +27,30 @@ def iscsid_listening(address: str = ISCSID_ADDRESS) -> bool:
     return True
 
 
-def node_ready(runner: Runner, iscsid_check: Callable[[], bool] = iscsid_listening) -> tuple[bool, str]:
+def multipath_ready(runner: Runner, mode: str) -> tuple[bool, str]:
+    """Whether multipathd runs and its effective settings are safe for LIO LUNs (--multipath=required);
+    with preferred, a node without multipathd attaches over one path, but unsafe settings still count."""
+    if mode == "off":
+        return True, "ready"
+    try:
+        shown = runner.run(["multipathd", "show", "config"], ok_codes=(0, 1), timeout=10)
+        answered = shown.returncode == 0 and "defaults {" in shown.stdout
+        why = shown.stderr.strip() or shown.stdout.strip()[:200]
+    except CsiIscsiError as exc:
+        answered, why = False, str(exc)
+    if not answered:
+        if mode == "required":
+            return False, (f"multipathd does not answer ({why}) and --multipath=required: start it "
+                           "(systemctl enable --now multipathd) or run with --multipath=preferred")
+        return True, "ready"
+    problems = multipath_config.problems(shown.stdout)  # answered: shown is set
+    if problems:
+        return False, "multipath settings are unsafe for csi-iscsi volumes: " + "; ".join(problems)
+    return True, "ready"
+
+
+def node_ready(runner: Runner, iscsid_check: Callable[[], bool] = iscsid_listening,
+               multipath_mode: str = "off") -> tuple[bool, str]:
     try:
         runner.run(["iscsiadm", "--version"], timeout=10)
     except CsiIscsiError as exc:
@@ -34,4 +58,4 @@ def node_ready(runner: Runner, iscsid_check: Callable[[], bool] = iscsid_listeni
     if not iscsid_check():
         return False, ("iscsid is not listening on @ISCSIADM_ABSTRACT_NAMESPACE in this network namespace: "
                        "start it (systemctl enable --now iscsid)")
-    return True, "ready"
+    return multipath_ready(runner, multipath_mode)

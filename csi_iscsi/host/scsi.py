@@ -94,6 +94,10 @@ class Scsi:
             return "3" + raw[4:]
         return None
 
+    def devices_with(self, wwid: str) -> list[str]:
+        """Every SCSI disk on this kernel that carries the WWID, whatever session it came by."""
+        return sorted(d.name for d in (self._sys / "block").glob("sd*") if self.wwid(d.name) == wwid)
+
     def state(self, device: str) -> str:
         try:
             return (self._sys / "block" / device / "device/state").read_text().strip()

@@ -250,3 +250,18 @@ def test_the_chart_readme_names_every_value() -> None:
         return any(f"`{name}`" in readme for name in (key, parent, f".{last}") if name != ".")
     missing = [k for k in keys(values) if not named(k)]
     assert missing == [], f"charts/csi-iscsi/README.md does not name {missing}"
+
+
+def test_the_images_own_multipath_writes_the_hosts_wwids_file(helm: Helm) -> None:
+    """With node.hostTools false, `multipath -a <wwid>` runs in the image: without the host's
+    /etc/multipath it would write a file no multipathd reads, and strict find_multipaths would
+    never build the map."""
+    def mounts(docs: list[dict[str, Any]]) -> list[str]:
+        return [m["mountPath"] for m in _container(docs, "DaemonSet", "csi-iscsi")["volumeMounts"]]
+
+    image_tools = _rendered_with(helm, "node.hostTools=false")
+    assert "/etc/multipath" in mounts(image_tools)
+    assert _volume(image_tools, "DaemonSet", "etc-multipath")["hostPath"] == {"path": "/etc/multipath",
+                                                                             "type": "Directory"}
+    assert "/etc/multipath" not in mounts(_rendered_with(helm))  # the host's own tools use the host's file
+    assert "/etc/multipath" not in mounts(_rendered_with(helm, "node.hostTools=false", "node.multipath=off"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -74,15 +75,33 @@ def steps(runner: FakeRunner) -> list[str]:
     return out
 
 
+def map_appears_at_login(runner: FakeRunner, sys_: Path) -> None:
+    """The map is not there before the attach: multipathd builds it once the paths come."""
+    hidden = sys_ / "hidden-dm-0"
+    (sys_ / "block/dm-0").rename(hidden)
+
+    def login(argv: tuple[str, ...]) -> tuple[int, str] | None:
+        if "--login" in argv:
+            with contextlib.suppress(FileNotFoundError):  # the two portals log in at once
+                hidden.rename(sys_ / "block/dm-0")
+        return None
+
+    runner.responders.insert(0, login)
+
+
 def test_attach_order(world: tuple[FakeRunner, Attacher, Path]) -> None:
     runner, attacher, sys_ = world
+    map_appears_at_login(runner, sys_)
     attachment = attacher.attach(IQN, PORTALS, 0, WWID)
     assert attachment.device.endswith(f"/mapper/{WWID}")
     assert attachment.paths == ("sdb", "sdc")
     got = steps(runner)
-    assert got[:2] == ["node 127.0.0.11:3260 -o new", "node 127.0.0.12:3260 -o new"]
-    assert sorted(got[2:4]) == ["node 127.0.0.11:3260 --login", "node 127.0.0.12:3260 --login"]
-    assert got[4:] == []  # sessions come from sysfs, not another process
+    # The WWID goes into multipath's wwids file before any path appears: multipathd builds this
+    # volume's map under the node's own find_multipaths (strict on Debian), and no other disk's.
+    assert got[:1] == [f"multipath -a {WWID}"]
+    assert got[1:3] == ["node 127.0.0.11:3260 -o new", "node 127.0.0.12:3260 -o new"]
+    assert sorted(got[3:5]) == ["node 127.0.0.11:3260 --login", "node 127.0.0.12:3260 --login"]
+    assert got[5:] == []  # sessions come from sysfs, not another process
     assert not any("discovery" in s for s in got)
     assert (sys_ / "class/scsi_host/host3/scan").read_text() == "- - 0"
     assert (sys_ / "class/scsi_host/host4/scan").read_text() == "- - 0"
@@ -95,6 +114,7 @@ def test_detach_order_is_map_then_devices_then_logout_then_records(
     assert steps(runner) == [
         f"multipath -f {WWID}",
         "delete sdb", "delete sdc",
+        f"multipath -w {WWID}",  # the volume has left: its WWID no longer claims anything
         "session -r 1 --logout", "session -r 2 --logout",
         "node -o delete",
     ]
@@ -170,8 +190,8 @@ def test_detach_leaves_other_targets_alone(world: tuple[FakeRunner, Attacher, Pa
     runner, attacher, _ = world
     other = "iqn.2026-11.io.csi-iscsi:csi-" + "b" * 32
     attacher.detach(other, 0, "36001405" + "b" * 25)
-    assert all(IQN not in " ".join(c) for c in runner.calls)
-    assert not any(c[0] in ("delete", "multipath") or "--logout" in c for c in runner.calls)
+    assert all(IQN not in " ".join(c) and WWID not in " ".join(c) for c in runner.calls)
+    assert not any(c[0] == "delete" or c[:2] == ("multipath", "-f") or "--logout" in c for c in runner.calls)
 
 
 def test_one_dead_portal_is_tolerated(world: tuple[FakeRunner, Attacher, Path]) -> None:
@@ -217,3 +237,29 @@ def test_sessions_of_another_node_sharing_iscsid_are_not_ours(tmp_path: Path) ->
     assert logouts == [("iscsiadm", "-m", "session", "-r", "1", "--logout")]  # never the other node's session
     delete = next(c for c in runner.calls if c[-2:] == ("-o", "delete"))
     assert "-I" in delete  # and only this node's records, since another node still has the target
+
+
+def test_reattaching_a_map_a_failed_detach_left_restores_its_queueing(world: tuple[FakeRunner, Attacher, Path]) -> None:
+    """A detach with no usable path stops the map's queueing; if it then failed and the map stayed,
+    the next attach must turn queueing back on, or a target restart would fail the pod's I/O."""
+    runner, attacher, _ = world  # the fake's map is there before the login
+    attacher.attach(IQN, PORTALS, 0, WWID)
+    assert steps(runner)[-1] == f"multipathd restorequeueing map {WWID}"
+
+
+def test_the_wwid_stays_in_the_wwids_file_while_any_device_carries_it(world: tuple[FakeRunner, Attacher, Path],
+                                                                       tmp_path: Path) -> None:
+    """Another node on this kernel (kind) attaching the same volume needs the line for its paths."""
+    runner, attacher, sys_ = world
+    other = sys_ / "block/sdx/device"
+    other.mkdir(parents=True)
+    (other / "wwid").write_text(f"naa.{WWID[1:]}\n")
+    attacher.detach(IQN, 0, WWID)
+    assert ("multipath", "-w", WWID) not in runner.calls
+
+
+def test_a_failing_wwids_update_does_not_fail_the_attach(world: tuple[FakeRunner, Attacher, Path]) -> None:
+    runner, attacher, sys_ = world
+    map_appears_at_login(runner, sys_)
+    runner.on(["multipath", "-a"], returncode=1)  # a read-only /etc/multipath, say
+    assert attacher.attach(IQN, PORTALS, 0, WWID).paths == ("sdb", "sdc")

@@ -96,3 +96,51 @@ def test_record_targets_are_listed_once_each() -> None:
     runner.on(["iscsiadm", "-m", "node"], stdout=(
         f"127.0.0.11:3260,1 {IQN}\n127.0.0.12:3260,-1 {IQN}\n[fd00::2]:3260,1 iqn.2026-11.io.other:x\n"))
     assert Iscsiadm(runner).record_targets() == sorted([IQN, "iqn.2026-11.io.other:x"])
+
+
+def test_the_drivers_iface_is_deleted_once_no_record_uses_it_and_never_during_an_attach() -> None:
+    """While the iface record exists, anyone's `iscsiadm -m discovery` on the node binds new records
+    to it too; it goes when the last record bound to it goes, but not between an attach's records
+    and its login."""
+    settings = SessionSettings(initiator_name="iqn.2026-11.io.example:node-1")
+    iface = settings.iface
+    runner = FakeRunner()
+    iscsiadm = Iscsiadm(runner)
+    runner.on(["iscsiadm", "-m", "node", "-I", iface], stdout="# BEGIN RECORD 2.1.8\n")  # records remain
+    iscsiadm.forget_iface_if_unused(settings)
+    assert ("iscsiadm", "-m", "iface", "-I", iface, "-o", "delete") not in runner.calls
+    runner.on(["iscsiadm", "-m", "node", "-I", iface], returncode=21)  # "No records found"
+    with iscsiadm.iface_in_use(settings):
+        iscsiadm.forget_iface_if_unused(settings)
+        assert ("iscsiadm", "-m", "iface", "-I", iface, "-o", "delete") not in runner.calls
+    iscsiadm.forget_iface_if_unused(settings)
+    assert runner.calls[-1] == ("iscsiadm", "-m", "iface", "-I", iface, "-o", "delete")
+    # The next attach makes it again instead of trusting its cache.
+    runner.calls.clear()
+    iscsiadm.ensure_iface(settings)
+    assert ("iscsiadm", "-m", "iface", "-I", iface, "-o", "new") in runner.calls
+
+
+def test_no_iface_is_touched_without_an_initiator_name() -> None:
+    runner = FakeRunner()
+    Iscsiadm(runner).forget_iface_if_unused(SessionSettings())
+    assert runner.calls == []
+
+
+def test_a_failing_iface_cleanup_is_only_a_warning_and_forgets_the_cache_first() -> None:
+    settings = SessionSettings(initiator_name="iqn.2026-11.io.example:node-1")
+    iface = settings.iface
+    runner = FakeRunner()
+    iscsiadm = Iscsiadm(runner, db_retry_delay=0)
+    iscsiadm.ensure_iface(settings)
+    runner.on(["iscsiadm", "-m", "node", "-I", iface], returncode=21)
+    runner.on(["iscsiadm", "-m", "iface", "-I", iface, "-o", "delete"], returncode=8)  # timed out half-way
+    iscsiadm.forget_iface_if_unused(settings)  # no exception: the volume is detached either way
+    runner.calls.clear()
+    iscsiadm.ensure_iface(settings)
+    assert runner.calls[0] == ("iscsiadm", "-m", "iface")  # looked up again, not trusted from memory
+    busy = FakeRunner()
+    busy.on(["iscsiadm", "-m", "node", "-I", iface], returncode=6, times=2)  # the database was busy
+    busy.on(["iscsiadm", "-m", "node", "-I", iface], returncode=21)
+    Iscsiadm(busy, db_retry_delay=0).forget_iface_if_unused(settings)
+    assert busy.calls[-1] == ("iscsiadm", "-m", "iface", "-I", iface, "-o", "delete")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,9 +176,10 @@ def test_stage_order_records_logins_map_mkfs_mount(world: NodeWorld) -> None:
     device = f"{world.dev}/mapper/{WWID}"
     # multipathd is asked first, so a node without it refuses before logging in anywhere.
     assert steps[0] == "multipathd show daemon"
-    assert steps[1:3] == ["127.0.0.11:3260 -o new", "127.0.0.12:3260 -o new"], steps
-    assert sorted(steps[3:5]) == ["127.0.0.11:3260 --login", "127.0.0.12:3260 --login"]
-    assert steps[5:] == [f"blkid -p -o export {device}", f"mkfs.ext4 -q {device}",
+    assert steps[1] == f"multipath -a {WWID}"  # before any path appears: multipathd will build this map
+    assert steps[2:4] == ["127.0.0.11:3260 -o new", "127.0.0.12:3260 -o new"], steps
+    assert sorted(steps[4:6]) == ["127.0.0.11:3260 --login", "127.0.0.12:3260 --login"]
+    assert steps[6:] == [f"blkid -p -o export {device}", f"mkfs.ext4 -q {device}",
                          f"mount -t ext4 {device} {world.tmp}/staging"]
     assert not any("discovery" in s for s in steps)
 
@@ -200,6 +203,7 @@ def test_unstage_order_umount_flush_delete_logout_forget(world: NodeWorld) -> No
         f"umount {world.tmp}/staging",
         f"multipath -f {WWID}",
         "delete sdb", "delete sdc",
+        f"multipath -w {WWID}",
         "session -r 1 --logout", "session -r 2 --logout",
         "-o delete",
     ]
@@ -307,3 +311,27 @@ def test_volume_condition_counts_only_paths_that_are_down(world: NodeWorld) -> N
     assert not unsynced.abnormal, unsynced.message
     one = condition(f"{WWID} sdb active ready\n")
     assert one.abnormal and one.message.startswith("1 paths for 2 portals")
+
+
+def test_unstage_against_a_dead_target_stops_queueing_so_umount_can_finish(world: NodeWorld) -> None:
+    """With the target gone, umount writes back into a map that queues for minutes (what rides out
+    a target restart): after half of --detach-timeout with no usable path the map's queueing is
+    stopped, the queued writes fail, and umount and the detach finish within the bound."""
+    world.stage()
+    world.runner.on(["multipathd", "show", "paths"], stdout=f"{WWID} sdb failed faulty\n{WWID} sdc failed faulty\n")
+    released = threading.Event()
+
+    def umount_waits_on_the_queue(argv: tuple[str, ...]) -> tuple[int, str] | None:
+        if argv[:3] == ("multipathd", "disablequeueing", "map"):
+            released.set()
+            return 0, ""
+        if argv[0] == "umount":
+            assert released.wait(5), "umount held on queued I/O and nothing stopped the queueing"
+        return None
+
+    world.runner.responders.insert(0, umount_waits_on_the_queue)
+    start = time.monotonic()
+    world.unstage()
+    assert time.monotonic() - start < 2.5  # this world's detach timeout is 2 s: 1 s of grace, then the rest
+    got = world.steps()
+    assert got.index(f"multipathd disablequeueing map {WWID}") < got.index(f"multipath -f {WWID}")

@@ -199,3 +199,94 @@ def test_failed_faulty_and_timed_out_paths_are_down() -> None:
     states = Multipath(runner).path_states(WWID)
     assert [p.down for p in states] == [True] * 4
     assert str(states[2]) == "sdd (active, i/o timeout)"
+
+
+def disabled(runner: FakeRunner) -> bool:
+    return ("multipathd", "disablequeueing", "map", WWID) in runner.calls
+
+
+def test_a_detach_with_no_usable_path_stops_queueing_after_the_grace(tmp_path: Path) -> None:
+    """The target is dead or has fenced this node: with queueing long enough to ride out a target
+    restart, umount and flush would wait for it; the volume is leaving, so after the grace the map
+    fails its queued I/O and the detach finishes within its bound."""
+    dev, sys_ = make_map(tmp_path, ["sdb", "sdc"])
+    runner = FakeRunner()
+    runner.on(["multipathd", "show", "paths"], stdout=f"{WWID} sdb failed faulty\n{WWID} sdc failed faulty\n")
+    mp = Multipath(runner, dev=dev, sysfs=sys_)
+    with mp.queueing_bounded(WWID, grace=0.2, check_every=0.02):
+        time.sleep(0.1)
+        assert not disabled(runner)  # within the grace a path may still come back
+        time.sleep(0.4)
+        assert disabled(runner)
+
+
+def test_a_detach_whose_map_has_a_usable_path_keeps_every_queued_write(tmp_path: Path) -> None:
+    dev, sys_ = make_map(tmp_path, ["sdb", "sdc"])
+    runner = FakeRunner()
+    runner.on(["multipathd", "show", "paths"], stdout=f"{WWID} sdb failed faulty\n{WWID} sdc active i/o pending\n")
+    mp = Multipath(runner, dev=dev, sysfs=sys_)
+    with mp.queueing_bounded(WWID, grace=0.05, check_every=0.02):
+        time.sleep(0.3)
+    assert not disabled(runner)
+    runner.on(["multipathd", "show", "paths"], returncode=1)  # multipathd cannot say: nothing is dropped
+    with mp.queueing_bounded(WWID, grace=0.05, check_every=0.02):
+        time.sleep(0.3)
+    assert not disabled(runner)
+
+
+def test_a_detach_that_ends_within_the_grace_stops_nothing(tmp_path: Path) -> None:
+    dev, sys_ = make_map(tmp_path, ["sdb"])
+    runner = FakeRunner()
+    runner.on(["multipathd", "show", "paths"], stdout=f"{WWID} sdb failed faulty\n")
+    mp = Multipath(runner, dev=dev, sysfs=sys_)
+    start = time.monotonic()
+    with mp.queueing_bounded(WWID, grace=30):
+        pass
+    assert time.monotonic() - start < 1  # the watcher does not hold the caller
+    assert runner.calls == []
+
+
+def test_queueing_is_stopped_only_after_the_grace_without_a_path_in_a_row(tmp_path: Path) -> None:
+    """A path that flaps back resets the count: a moment with no path is not a dead target."""
+    dev, sys_ = make_map(tmp_path, ["sdb"])
+    runner = FakeRunner()
+    answers = iter([f"{WWID} sdb failed faulty\n", f"{WWID} sdb active ready\n"] * 3)
+
+    def flapping(argv: tuple[str, ...]) -> tuple[int, str] | None:
+        if argv[:3] == ("multipathd", "show", "paths"):
+            return 0, next(answers, f"{WWID} sdb failed faulty\n")
+        return None
+
+    runner.responders.insert(0, flapping)
+    mp = Multipath(runner, dev=dev, sysfs=sys_)
+    with mp.queueing_bounded(WWID, grace=0.15, check_every=0.05):
+        time.sleep(0.3)  # six checks, never 0.15 s in a row without a path
+        assert not disabled(runner)
+        time.sleep(0.5)
+        assert disabled(runner)
+
+
+def test_a_failing_check_does_not_end_the_watch_and_nested_bounds_watch_once(tmp_path: Path) -> None:
+    dev, sys_ = make_map(tmp_path, ["sdb"])
+    runner = FakeRunner()
+    runner.on(["multipathd", "show", "paths"], stdout=f"{WWID} sdb failed faulty\n")
+    runner.on(["multipathd", "show", "paths"], returncode=127, times=2)  # nsenter cannot find it, twice
+    mp = Multipath(runner, dev=dev, sysfs=sys_)
+    with mp.queueing_bounded(WWID, grace=0.1, check_every=0.02), mp.queueing_bounded(WWID, grace=0.1):
+        time.sleep(0.5)
+    assert runner.calls.count(("multipathd", "disablequeueing", "map", WWID)) == 1
+
+
+def test_a_map_left_with_no_paths_at_all_counts_as_pathless(tmp_path: Path) -> None:
+    dev, sys_ = make_map(tmp_path, [])
+    runner = FakeRunner()
+    runner.on(["multipathd", "show", "paths"], stdout="")
+    assert Multipath(runner, dev=dev, sysfs=sys_).has_usable_path(WWID) is False
+    dev2, sys2 = make_map(tmp_path / "b", ["sdb"])  # paths in sysfs that multipathd does not list
+    assert Multipath(runner, dev=dev2, sysfs=sys2).has_usable_path(WWID) is None
+
+
+def test_multipathd_saying_fail_is_not_a_stopped_queue() -> None:
+    runner = FakeRunner()
+    runner.on(["multipathd", "disablequeueing"], stdout="fail\n")
+    assert Multipath(runner).stop_queueing(WWID) is False
