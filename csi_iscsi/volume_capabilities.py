@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,11 @@ ALLOWED_MOUNT_FLAGS = frozenset({
     "ro", "rw", "noatime", "relatime", "nodiratime", "nodev", "nosuid", "noexec", "sync", "dirsync",
     "discard", "nodiscard", "nobarrier", "lazytime", "data=ordered", "data=journal", "data=writeback",
 })
+
+# The SELinux context kubelet adds to the mount options when the CSIDriver says seLinuxMount: true
+# (quoted, since its category list holds commas). Matched whole, so no other option rides along.
+SELINUX_CONTEXT_FLAG = re.compile(r'context="[a-z0-9_]+:[a-z0-9_]+:[a-z0-9_]+:s[0-9]+(-s[0-9]+)?'
+                                  r'(:c[0-9]+([.,]c[0-9]+)*)?"')
 
 Mode = csi_pb2.VolumeCapability.AccessMode
 SINGLE_NODE_MODES = frozenset({
@@ -45,7 +51,7 @@ def check_fstype(fstype: str) -> str:
 
 
 def check_mount_flags(flags: Sequence[str]) -> list[str]:
-    bad = [f for f in flags if f not in ALLOWED_MOUNT_FLAGS]
+    bad = [f for f in flags if f not in ALLOWED_MOUNT_FLAGS and not SELINUX_CONTEXT_FLAG.fullmatch(f)]
     if bad:
         shown = ", ".join(quoted(f, 40) for f in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise InvalidArgument(f"mount flags {shown} are not allowed; allowed: {sorted(ALLOWED_MOUNT_FLAGS)}")

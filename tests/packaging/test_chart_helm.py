@@ -265,3 +265,19 @@ def test_the_images_own_multipath_writes_the_hosts_wwids_file(helm: Helm) -> Non
                                                                              "type": "Directory"}
     assert "/etc/multipath" not in mounts(_rendered_with(helm))  # the host's own tools use the host's file
     assert "/etc/multipath" not in mounts(_rendered_with(helm, "node.hostTools=false", "node.multipath=off"))
+
+
+def test_sidecars_can_carry_an_selinux_label_and_the_driver_can_declare_selinux_mounts(helm: Helm) -> None:
+    """On SELinux-enforcing nodes the confined sidecars cannot reach the privileged plugin's socket
+    (peer drivers hit exactly this); a label for them, and CSIDriver seLinuxMount, are values."""
+    default = _rendered_with(helm)
+    assert next(d for d in default if d["kind"] == "CSIDriver")["spec"]["seLinuxMount"] is False
+    assert "seLinuxOptions" not in _container(default, "Deployment", "csi-provisioner")["securityContext"]
+    docs = _rendered_with(helm, "sidecars.seLinuxOptions.type=spc_t", "seLinuxMount=true")
+    assert next(d for d in docs if d["kind"] == "CSIDriver")["spec"]["seLinuxMount"] is True
+    for kind, name in (("Deployment", "csi-provisioner"), ("Deployment", "csi-attacher"),
+                       ("Deployment", "csi-resizer"), ("DaemonSet", "node-driver-registrar")):
+        context = _container(docs, kind, name)["securityContext"]
+        assert context["seLinuxOptions"] == {"type": "spc_t"}, (kind, name)
+        assert context["allowPrivilegeEscalation"] is False and context["capabilities"] == {"drop": ["ALL"]}
+    assert "seLinuxOptions" not in _container(docs, "DaemonSet", "csi-iscsi")["securityContext"]  # privileged

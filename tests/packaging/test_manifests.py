@@ -100,7 +100,7 @@ def _shipped_image_refs() -> dict[str, str]:
     values = default_values()
     refs[f"{values['image']['repository']}:{values['image']['tag']}"] = "values.yaml image"
     for name, sidecar in values["sidecars"].items():
-        if isinstance(sidecar, dict):
+        if isinstance(sidecar, dict) and "repository" in sidecar:
             refs[f"{sidecar['repository']}:{sidecar['tag']}"] = f"values.yaml sidecars.{name}"
     for node in load_one(E2E / "kind-config.yaml")["nodes"]:
         refs[node["image"]] = "tests/e2e/kind-config.yaml"
@@ -133,7 +133,8 @@ def test_deploy_uses_the_chart_defaults() -> None:
     values = default_values()
     docs = {(d["kind"], d["metadata"]["name"]): d for d in load_all(DEPLOY / "csi-iscsi.yaml")}
     images = {img for d in docs.values() for img in _pod_images(d)}
-    expected = {f"{s['repository']}:{s['tag']}" for s in values["sidecars"].values() if isinstance(s, dict)}
+    expected = {f"{s['repository']}:{s['tag']}" for s in values["sidecars"].values()
+                if isinstance(s, dict) and "repository" in s}
     assert expected | {OWN_IMAGE} == images
     assert ("CSIDriver", values["driverName"]) in docs
     assert {d["metadata"].get("labels", {}).get("app.kubernetes.io/version") for d in docs.values()} == {__version__}

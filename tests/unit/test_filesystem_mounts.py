@@ -91,3 +91,16 @@ def test_mount_state_comes_from_mountinfo(tmp_path: Path) -> None:
     fs = fs_with(tmp_path, FakeRunner())
     assert fs.is_mounted("/pods/target") and not fs.is_mounted("/pods/other")
     assert fs.source_of("/pods/target") == "/dev/mapper/3600"
+
+
+def test_the_selinux_context_kubelet_adds_is_allowed_and_nothing_can_ride_along() -> None:
+    """With CSIDriver seLinuxMount: true kubelet adds the pod's context to the stage's mount options
+    (as in KEP-1710, quoted); refused, every stage of such a cluster would fail."""
+    context = 'context="system_u:object_r:container_file_t:s0:c123,c456"'
+    assert check_mount_flags(["noatime", context]) == ["noatime", context]
+    assert check_mount_flags(['context="system_u:object_r:container_file_t:s0"']) != []
+    for smuggled in ('context="system_u:object_r:container_file_t:s0",exec',
+                     'context="a:b:c:s0:c1" ,suid', "context=system_u:object_r:container_file_t:s0",
+                     'fscontext="system_u:object_r:container_file_t:s0"'):
+        with pytest.raises(InvalidArgument):
+            check_mount_flags([smuggled])

@@ -23,3 +23,19 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "csi-iscsi.pluginDir" -}}
 {{ printf "%s/plugins/%s" .Values.kubeletDir .Values.driverName }}
 {{- end -}}
+
+{{/*
+The hardened sidecars' securityContext. On SELinux-enforcing nodes the privileged plugin's socket
+is labelled for spc_t, which a confined container_t sidecar may not connect to: sidecars.seLinuxOptions
+(for example {type: spc_t}) lets them.
+*/}}
+{{- define "csi-iscsi.sidecarSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+{{- with .Values.sidecars.seLinuxOptions }}
+seLinuxOptions:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
