@@ -12,7 +12,11 @@ mkdir -p /images
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro images /images 2>/dev/null || true
 for m in $(grep -v '^#' /etc/modules-load.d/csi-testbed.conf); do modprobe "$m"; done
 mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config
+# The drop-in users install on their workers (docs/multipath.md), from the tree under test; a
+# multipathd that systemd started at boot reads it on reconfigure.
+install -D -m 0644 /src/deploy/node/multipath-csi-iscsi.conf /etc/multipath/conf.d/csi-iscsi.conf
 systemctl start iscsid.socket iscsid.service multipathd.service
+multipathd reconfigure >/dev/null
 udevadm settle
 export PATH=/opt/venv/bin:$PATH PYTHONPATH=/src PYTHONDONTWRITEBYTECODE=1 TESTBED=1 HOME=/root
 export CSI_SANITY=/shared/bin/csi-sanity

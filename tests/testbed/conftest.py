@@ -112,6 +112,9 @@ def leftovers(volume_id: str, mountpoints: list[str] = ()) -> list[str]:  # type
     found += [f"node record: {line}" for line in records.splitlines() if volume_id in line]
     if Path(f"/dev/mapper/{wwid}").exists():
         found.append(f"multipath map {wwid}")
+    wwids = Path("/etc/multipath/wwids")
+    if wwids.exists() and f"/{wwid}/" in wwids.read_text().split():  # multipath -w comments the line out
+        found.append(f"multipath wwids entry {wwid}")
     scsi = Scsi()
     found += [f"SCSI device {d.name}" for d in Path("/sys/block").iterdir()
               if d.name.startswith("sd") and scsi.wwid(d.name) == wwid]
