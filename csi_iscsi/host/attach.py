@@ -60,8 +60,9 @@ class Attacher:
     @property
     def queueing_grace(self) -> float:
         """How long a detach lets a map with no usable path keep its queued I/O, waiting for a path
-        to come back, before failing it: half of --detach-timeout, leaving the rest for the steps."""
-        return self._timeouts.detach / 2
+        to come back, before failing it: half of --detach-timeout, leaving the rest for the steps,
+        and at most 90 s, within the 120 s a umount may take."""
+        return min(self._timeouts.detach / 2, 90.0)
 
     def attach(self, target_iqn: str, portals: list[str], lun: int, wwid: str,
                chap: Chap | None = None) -> Attachment:

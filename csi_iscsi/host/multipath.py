@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from prometheus_client import Counter
 
 from csi_iscsi.base.errors import DeadlineExceeded
 from csi_iscsi.base.runner import CommandFailed, CommandTimedOut, Runner
@@ -18,6 +21,12 @@ log = logging.getLogger(__name__)
 
 MULTIPATH = "multipath"
 MULTIPATHD = "multipathd"
+DMSETUP = "dmsetup"
+
+# An unstage or detach that failed writes still queued in a map with no path (docs/multipath.md):
+# each one is data an application had written and the target never got.
+QUEUEING_STOPPED = Counter("csi_iscsi_node_queueing_stopped_total",
+                           "Detaches that stopped a pathless multipath map's queueing, failing its queued writes")
 
 
 class MapBusy(CommandFailed):
@@ -107,39 +116,62 @@ class Multipath:
         self._runner.run([MULTIPATH, "-w", wwid], ok_codes=(0, 1), timeout=30)
 
     def stop_queueing(self, name: str) -> bool:
-        """Make the map fail queued and new I/O instead of queueing it with no path; False when
-        multipathd refused (no such map, or it is not running)."""
-        result = self._runner.run([MULTIPATHD, "disablequeueing", "map", name], ok_codes=(0, 1), timeout=10)
-        return result.returncode == 0 and "fail" not in result.stdout
+        """Make the map fail queued and new I/O instead of queueing it with no path. Asks multipathd
+        (which then keeps it so); without multipathd, device-mapper itself, since then nothing would
+        ever end the queueing. False when neither did."""
+        try:
+            result = self._runner.run([MULTIPATHD, "disablequeueing", "map", name], ok_codes=(0, 1), timeout=10)
+            if result.returncode == 0 and "fail" not in result.stdout:
+                return True
+        except (CommandFailed, CommandTimedOut) as exc:
+            log.warning("multipathd could not stop the queueing of %s (%s); asking device-mapper", name, exc)
+        return self._runner.run([DMSETUP, "message", name, "0", "fail_if_no_path"], ok_codes=(0, 1),
+                                timeout=10).returncode == 0
 
     def restore_queueing(self, name: str) -> None:
         """Back to the configured no_path_retry, after stop_queueing on a map that stays in use."""
         self._runner.run([MULTIPATHD, "restorequeueing", "map", name], ok_codes=(0, 1), timeout=10)
 
     def has_usable_path(self, wwid: str) -> bool | None:
-        """Whether any path of the map can carry I/O now; None when that cannot be told."""
+        """Whether any path of the map can carry I/O now; None when that cannot be told. Asks
+        multipathd, and device-mapper's own path states when multipathd does not answer."""
         try:
             states = self.path_states(wwid)
         except (CommandFailed, CommandTimedOut):
-            return None
+            return self._dm_has_active_path(wwid)
         if not states:
             # multipathd lists none: a map left with no paths at all cannot carry I/O; one whose
-            # paths multipathd does not know (restarted, say) is not for us to judge.
-            return False if self.dm_name(wwid) is not None and not self.slaves(wwid) else None
+            # paths multipathd does not know (restarted, say) is asked of device-mapper.
+            if self.dm_name(wwid) is not None and not self.slaves(wwid):
+                return False
+            return self._dm_has_active_path(wwid)
         return any(s.dm_state == "active" and not s.down for s in states)
+
+    def _dm_has_active_path(self, wwid: str) -> bool | None:
+        """From `dmsetup status`: each path is "<major:minor> <A|F> <fail count> ..."."""
+        try:
+            words = self._runner.run([DMSETUP, "status", wwid], timeout=10).stdout.split()
+        except (CommandFailed, CommandTimedOut):
+            return None
+        states = [words[i + 1] for i, word in enumerate(words[:-1]) if re.fullmatch(r"\d+:\d+", word)]
+        return None if not states else "A" in states
 
     @contextlib.contextmanager
     def queueing_bounded(self, wwid: str, grace: float, check_every: float | None = None) -> Iterator[None]:
         """While the body runs (umount, flush: steps that wait for queued I/O), once the map has had
         no usable path for grace seconds in a row, stop its queueing so that the body can finish:
         the target is dead or has fenced this node, and the volume is leaving it. A path that comes
-        back within grace keeps every queued write. Nested uses for one map watch once."""
+        back within grace keeps every queued write. Nested uses for one map watch once. If the body
+        fails and the map stays, its queueing is restored: whatever still uses it must ride out the
+        next outage again."""
         with self._watch_lock:
-            if wwid in self._watched:
-                yield
-                return
+            nested = wwid in self._watched
             self._watched.add(wwid)
+        if nested:
+            yield
+            return
         done = threading.Event()
+        stopped = threading.Event()
         interval = check_every if check_every is not None else min(1.0, max(0.05, grace / 10))
 
         def watch() -> None:
@@ -149,14 +181,17 @@ class Multipath:
                     if self.dm_name(wwid) is None:
                         return
                     usable = self.has_usable_path(wwid)
-                    if usable is not False:
+                    if usable:
                         pathless_since = None
-                        continue
+                    if usable is not False:
+                        continue  # no answer keeps the count: a slow multipathd must not reset it
                     now = time.monotonic()
                     pathless_since = now if pathless_since is None else pathless_since
                     if now - pathless_since < grace or done.is_set():
                         continue
                     if self.stop_queueing(wwid):
+                        stopped.set()
+                        QUEUEING_STOPPED.inc()
                         log.error("multipath map %s has had no usable path for %.0f s while it is being detached: "
                                   "queueing stopped, so writes not yet on the target fail rather than hold the "
                                   "detach", wwid, now - pathless_since)
@@ -168,6 +203,13 @@ class Multipath:
         watcher.start()
         try:
             yield
+        except BaseException:
+            done.set()
+            watcher.join()
+            if stopped.is_set() and self.dm_name(wwid) is not None:
+                with contextlib.suppress(Exception):
+                    self.restore_queueing(wwid)
+            raise
         finally:
             done.set()
             # Its commands are bounded (10 s each): joined, it cannot act on a map a later call makes.

@@ -262,7 +262,7 @@ def test_the_images_own_multipath_writes_the_hosts_wwids_file(helm: Helm) -> Non
     image_tools = _rendered_with(helm, "node.hostTools=false")
     assert "/etc/multipath" in mounts(image_tools)
     assert _volume(image_tools, "DaemonSet", "etc-multipath")["hostPath"] == {"path": "/etc/multipath",
-                                                                             "type": "Directory"}
+                                                                             "type": "DirectoryOrCreate"}
     assert "/etc/multipath" not in mounts(_rendered_with(helm))  # the host's own tools use the host's file
     assert "/etc/multipath" not in mounts(_rendered_with(helm, "node.hostTools=false", "node.multipath=off"))
 

@@ -39,8 +39,9 @@ def other_disk() -> Iterator[str]:
     yield found[0]
     for _ in range(30):
         if subprocess.run(["modprobe", "-r", "scsi_debug"], capture_output=True).returncode == 0:
-            break
+            return
         time.sleep(1)
+    raise AssertionError("scsi_debug could not be unloaded: is its disk still held?")
 
 
 def claimed(device: str) -> list[str]:

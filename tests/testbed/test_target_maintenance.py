@@ -7,6 +7,7 @@ bound an application sees is measured."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -116,6 +117,20 @@ def test_a_120_s_target_restart_under_fio_verify_is_a_pause_not_an_error(maintai
          "--ioengine=psync", "--direct=1", "--verify=crc32c", "--verify_backlog=16", "--verify_fatal=1",
          "--time_based", f"--runtime={runtime}", "--output-format=json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _outage_under_fio(fio, iqn, wwid, staging, target, before, runtime)
+    finally:
+        if fio.poll() is None:  # a failed step must not leave fio writing into the next test's teardown
+            fio.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):  # held in queued I/O until the target is back
+                fio.wait(60)
+    cluster.detach(volume)
+    cluster.delete(volume)
+    assert leftovers(volume.volume_id, [staging, target]) == []
+
+
+def _outage_under_fio(fio: subprocess.Popen[str], iqn: str, wwid: str, staging: str, target: str, before: bytes,
+                      runtime: int) -> None:
     time.sleep(10)
     assert fio.poll() is None, fio.communicate()
     kernel_lines = len(sh("dmesg").splitlines())
@@ -153,9 +168,6 @@ def test_a_120_s_target_restart_under_fio_verify_is_a_pause_not_an_error(maintai
               if (f"dev {dm}," in line and "I/O error" in line) or "Buffer I/O error" in line
               or "EXT4-fs error" in line or "EXT4-fs warning" in line]
     assert errors == [], errors[-10:]
-    cluster.detach(volume)
-    cluster.delete(volume)
-    assert leftovers(volume.volume_id, [staging, target]) == []
 
 
 def test_a_dead_target_bounds_unstage_by_the_detach_timeout_and_io_by_the_queueing(maintained: Cluster) -> None:

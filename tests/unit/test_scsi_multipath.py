@@ -289,4 +289,63 @@ def test_a_map_left_with_no_paths_at_all_counts_as_pathless(tmp_path: Path) -> N
 def test_multipathd_saying_fail_is_not_a_stopped_queue() -> None:
     runner = FakeRunner()
     runner.on(["multipathd", "disablequeueing"], stdout="fail\n")
+    runner.on(["dmsetup", "message"], returncode=1)
     assert Multipath(runner).stop_queueing(WWID) is False
+    assert runner.calls[-1] == ("dmsetup", "message", WWID, "0", "fail_if_no_path")
+
+
+def test_bounds_of_two_maps_run_side_by_side_even_when_nested(tmp_path: Path) -> None:
+    """The unstage's bound and the detach's bound inside it are one watch; neither may hold what
+    another volume's detach needs (a shared lock held across the body would serialise the node)."""
+    dev, sys_ = make_map(tmp_path, ["sdb"])
+    mp = Multipath(FakeRunner(), dev=dev, sysfs=sys_)
+    inside = threading.Event()
+    release = threading.Event()
+
+    def first() -> None:
+        with mp.queueing_bounded(WWID, grace=30), mp.queueing_bounded(WWID, grace=30):
+            inside.set()
+            release.wait(5)
+
+    worker = threading.Thread(target=first)
+    worker.start()
+    assert inside.wait(2)
+    start = time.monotonic()
+    with mp.queueing_bounded("36001405" + "b" * 25, grace=30):
+        pass
+    assert time.monotonic() - start < 1, "another map's detach waited for this one"
+    release.set()
+    worker.join(5)
+
+
+def test_a_multipathd_that_stops_answering_neither_resets_the_count_nor_holds_queueing_for_ever(
+        tmp_path: Path) -> None:
+    """With multipathd gone nothing ends the queueing: device-mapper is asked for the path states
+    and told to fail queued I/O itself."""
+    dev, sys_ = make_map(tmp_path, ["sdb", "sdc"])
+    runner = FakeRunner()
+    runner.on(["multipathd"], returncode=1, stdout="can't connect")
+    runner.on(["dmsetup", "status", WWID], stdout="0 131072 multipath 2 0 0 0 1 1 E 0 2 0 8:16 F 1 0 1 8:32 F 1 0 1\n")
+    mp = Multipath(runner, dev=dev, sysfs=sys_)
+    assert mp.has_usable_path(WWID) is False
+    with mp.queueing_bounded(WWID, grace=0.1, check_every=0.02):
+        time.sleep(0.4)
+    assert ("dmsetup", "message", WWID, "0", "fail_if_no_path") in runner.calls
+    runner.on(["dmsetup", "status", WWID], stdout="0 131072 multipath 2 0 0 0 1 1 A 0 2 0 8:16 A 0 0 1 8:32 F 1 0 1\n")
+    assert mp.has_usable_path(WWID) is True
+    runner.on(["dmsetup", "status"], returncode=1)
+    assert mp.has_usable_path(WWID) is None
+
+
+def test_a_detach_that_fails_after_stopping_the_queueing_turns_it_back_on(tmp_path: Path) -> None:
+    """The map stays (busy), and whatever still uses it must ride out the next outage again."""
+    dev, sys_ = make_map(tmp_path, ["sdb"])
+    runner = FakeRunner()
+    runner.on(["multipathd", "show", "paths"], stdout=f"{WWID} sdb failed faulty\n")
+    mp = Multipath(runner, dev=dev, sysfs=sys_)
+    with pytest.raises(MapBusy), mp.queueing_bounded(WWID, grace=0.05, check_every=0.01):
+        time.sleep(0.3)
+        raise MapBusy(("multipath", "-f", WWID), 1, "map in use", ())
+    calls = runner.calls
+    assert calls.index(("multipathd", "disablequeueing", "map", WWID)) < calls.index(
+        ("multipathd", "restorequeueing", "map", WWID))
