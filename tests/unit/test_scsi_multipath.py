@@ -205,14 +205,19 @@ def disabled(runner: FakeRunner) -> bool:
     return ("multipathd", "disablequeueing", "map", WWID) in runner.calls
 
 
+def map_with_paths(tmp_path: Path, slaves: list[str], paths: str) -> tuple[Multipath, FakeRunner]:
+    """A map over slaves whose paths multipathd shows as paths (its `show paths` lines)."""
+    dev, sys_ = make_map(tmp_path, slaves)
+    runner = FakeRunner()
+    runner.on(["multipathd", "show", "paths"], stdout=paths)
+    return Multipath(runner, dev=dev, sysfs=sys_), runner
+
+
 def test_a_detach_with_no_usable_path_stops_queueing_after_the_grace(tmp_path: Path) -> None:
     """The target is dead or has fenced this node: with queueing long enough to ride out a target
     restart, umount and flush would wait for it; the volume is leaving, so after the grace the map
     fails its queued I/O and the detach finishes within its bound."""
-    dev, sys_ = make_map(tmp_path, ["sdb", "sdc"])
-    runner = FakeRunner()
-    runner.on(["multipathd", "show", "paths"], stdout=f"{WWID} sdb failed faulty\n{WWID} sdc failed faulty\n")
-    mp = Multipath(runner, dev=dev, sysfs=sys_)
+    mp, runner = map_with_paths(tmp_path, ["sdb", "sdc"], f"{WWID} sdb failed faulty\n{WWID} sdc failed faulty\n")
     with mp.queueing_bounded(WWID, grace=0.2, check_every=0.02):
         time.sleep(0.1)
         assert not disabled(runner)  # within the grace a path may still come back
@@ -221,10 +226,7 @@ def test_a_detach_with_no_usable_path_stops_queueing_after_the_grace(tmp_path: P
 
 
 def test_a_detach_whose_map_has_a_usable_path_keeps_every_queued_write(tmp_path: Path) -> None:
-    dev, sys_ = make_map(tmp_path, ["sdb", "sdc"])
-    runner = FakeRunner()
-    runner.on(["multipathd", "show", "paths"], stdout=f"{WWID} sdb failed faulty\n{WWID} sdc active i/o pending\n")
-    mp = Multipath(runner, dev=dev, sysfs=sys_)
+    mp, runner = map_with_paths(tmp_path, ["sdb", "sdc"], f"{WWID} sdb failed faulty\n{WWID} sdc active i/o pending\n")
     with mp.queueing_bounded(WWID, grace=0.05, check_every=0.02):
         time.sleep(0.3)
     assert not disabled(runner)
@@ -235,10 +237,7 @@ def test_a_detach_whose_map_has_a_usable_path_keeps_every_queued_write(tmp_path:
 
 
 def test_a_detach_that_ends_within_the_grace_stops_nothing(tmp_path: Path) -> None:
-    dev, sys_ = make_map(tmp_path, ["sdb"])
-    runner = FakeRunner()
-    runner.on(["multipathd", "show", "paths"], stdout=f"{WWID} sdb failed faulty\n")
-    mp = Multipath(runner, dev=dev, sysfs=sys_)
+    mp, runner = map_with_paths(tmp_path, ["sdb"], f"{WWID} sdb failed faulty\n")
     start = time.monotonic()
     with mp.queueing_bounded(WWID, grace=30):
         pass
@@ -339,10 +338,7 @@ def test_a_multipathd_that_stops_answering_neither_resets_the_count_nor_holds_qu
 
 def test_a_detach_that_fails_after_stopping_the_queueing_turns_it_back_on(tmp_path: Path) -> None:
     """The map stays (busy), and whatever still uses it must ride out the next outage again."""
-    dev, sys_ = make_map(tmp_path, ["sdb"])
-    runner = FakeRunner()
-    runner.on(["multipathd", "show", "paths"], stdout=f"{WWID} sdb failed faulty\n")
-    mp = Multipath(runner, dev=dev, sysfs=sys_)
+    mp, runner = map_with_paths(tmp_path, ["sdb"], f"{WWID} sdb failed faulty\n")
     with pytest.raises(MapBusy), mp.queueing_bounded(WWID, grace=0.05, check_every=0.01):
         time.sleep(0.3)
         raise MapBusy(("multipath", "-f", WWID), 1, "map in use", ())
