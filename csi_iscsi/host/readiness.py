@@ -32,18 +32,20 @@ def multipath_ready(runner: Runner, mode: str) -> tuple[bool, str]:
     with preferred, a node without multipathd attaches over one path, but unsafe settings still count."""
     if mode == "off":
         return True, "ready"
+    config = why = ""
     try:
         shown = runner.run(["multipathd", "show", "config"], ok_codes=(0, 1), timeout=10)
-        answered = shown.returncode == 0 and "defaults {" in shown.stdout
+        if shown.returncode == 0 and "defaults {" in shown.stdout:
+            config = shown.stdout
         why = shown.stderr.strip() or shown.stdout.strip()[:200]
     except CsiIscsiError as exc:
-        answered, why = False, str(exc)
-    if not answered:
+        why = str(exc)
+    if not config:
         if mode == "required":
             return False, (f"multipathd does not answer ({why}) and --multipath=required: start it "
                            "(systemctl enable --now multipathd) or run with --multipath=preferred")
         return True, "ready"
-    problems = multipath_config.problems(shown.stdout)  # answered: shown is set
+    problems = multipath_config.problems(config)
     if problems:
         return False, "multipath settings are unsafe for csi-iscsi volumes: " + "; ".join(problems)
     return True, "ready"
