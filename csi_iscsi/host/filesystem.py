@@ -10,9 +10,12 @@ zeros. A read error fails the stage; data it cannot recognise fails it too. Neit
 from __future__ import annotations
 
 import errno
+import fcntl
+import logging
 import mmap
 import os
 import stat
+import struct
 import threading
 from collections.abc import Callable, Sequence
 
@@ -20,6 +23,8 @@ from csi_iscsi.base.errors import FailedPrecondition, Unavailable
 from csi_iscsi.base.runner import Runner
 from csi_iscsi.host.mounts import Mount, MountTable
 from csi_iscsi.volume_capabilities import SUPPORTED_FSTYPES, check_fstype
+
+log = logging.getLogger(__name__)
 
 BLKID_NOTHING_FOUND = 2  # ...or could not read: never enough on its own
 BLKID_AMBIVALENT = 8  # several signatures: certainly not blank
@@ -162,6 +167,30 @@ class Filesystems:
         else:
             self._runner.run(["resize2fs", device], timeout=600)
 
+    def grow_to_device(self, device: str, fstype: str, mountpoint: str) -> bool:
+        """Grows a mounted filesystem that is smaller than its device: a volume made from a smaller
+        snapshot or volume carries the source's filesystem (the CSI spec leaves growing it to the
+        plugin). The sizes are read from the device and the superblock, so a filesystem at its
+        device's size costs no command. A read-only device is left as it is. True when it grew."""
+        try:
+            fd = os.open(device, os.O_RDONLY)
+            try:
+                if struct.unpack("i", fcntl.ioctl(fd, BLKROGET, b"\0" * 4))[0]:
+                    return False
+                device_bytes = os.lseek(fd, 0, os.SEEK_END)
+                fs_bytes = filesystem_bytes(os.pread(fd, 4096, 0), fstype)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            # The mount just read this superblock; a device that cannot be read now is the next
+            # I/O's to report, not a reason to fail a stage that has mounted.
+            log.warning("cannot compare %s's size with its filesystem's (%s); not growing it", device, exc)
+            return False
+        if fs_bytes is None or device_bytes - fs_bytes < GROW_SLACK:
+            return False
+        self.grow(device, fstype, mountpoint)
+        return True
+
     def mounts_at(self, target: str) -> list[Mount]:
         return self._mounts.at(target)
 
@@ -226,6 +255,31 @@ class Filesystems:
             if exc.errno == errno.EBUSY:
                 reasons.append("held open exclusively")
         return reasons
+
+
+BLKROGET = 0x125E  # linux/fs.h: is the block device read-only
+# Less than this between a filesystem and its device is alignment, not a smaller source.
+GROW_SLACK = 4 * 1024 * 1024
+
+
+def filesystem_bytes(head: bytes, fstype: str) -> int | None:
+    """The size an ext4 or XFS filesystem gives itself, from the first 4 KiB of its device (the
+    superblock); None when that is not the filesystem named."""
+    if fstype in ("ext4", "ext3", "ext2") and len(head) >= 2048:
+        sb = head[1024:2048]
+        if struct.unpack_from("<H", sb, 0x38)[0] != 0xEF53:
+            return None
+        blocks = struct.unpack_from("<I", sb, 0x04)[0]
+        if struct.unpack_from("<I", sb, 0x60)[0] & 0x80:  # INCOMPAT_64BIT: the high half counts
+            blocks |= struct.unpack_from("<I", sb, 0x150)[0] << 32
+        log_block = int(struct.unpack_from("<I", sb, 0x18)[0])
+        if log_block > 6:  # ext4 blocks are 1 KiB to 64 KiB: anything else is not a superblock
+            return None
+        return int(blocks) * (1024 << log_block)
+    if fstype == "xfs" and len(head) >= 16 and head[:4] == b"XFSB":
+        block_size, data_blocks = struct.unpack_from(">IQ", head, 4)
+        return int(block_size) * int(data_blocks)
+    return None
 
 
 def _holders(name: str) -> list[str]:

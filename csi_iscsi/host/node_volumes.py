@@ -14,7 +14,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from csi_iscsi import contract
-from csi_iscsi.base.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from csi_iscsi.base.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from csi_iscsi.base.faults import fault_point
 from csi_iscsi.base.runner import CommandFailed, CommandTimedOut, Runner
 from csi_iscsi.chap import Chap
@@ -129,6 +136,9 @@ class NodeVolumes:
                 elif not self._fs.mounted_from(staging_path, attachment.device):
                     raise FailedPrecondition(f"{staging_path} already has {self._fs.source_of(staging_path)} "
                                              "mounted on it")
+                if not made:
+                    # Also when a retried stage finds it mounted: a crash may have come before the grow.
+                    self._grow_restored(volume_id, attachment.device, found, staging_path)
                 fault_point("stage.after_mount")
             self._states.put(replace(state, phase=STAGED))
         except BaseException:
@@ -138,6 +148,21 @@ class NodeVolumes:
                 latest = state
             self._undo_stage(latest, mounted_here, known)
             raise
+
+    def _grow_restored(self, volume_id: str, device: str, fstype: str, staging_path: str) -> None:
+        """A filesystem smaller than its device (made from a smaller snapshot or volume) is grown
+        before the stage answers, or the stage fails and is undone, and kubelet's retry tries
+        again: a volume staged at the wrong size would stay so, since a staged volume is not
+        looked at again. A read-only LUN is left at its size (grow_to_device skips it)."""
+        try:
+            grown = self._fs.grow_to_device(device, fstype, staging_path)
+        except Exception as exc:
+            raise Internal(f"volume {volume_id}: its {fstype} filesystem is smaller than the device (made from a "
+                           f"smaller snapshot or volume) and growing it failed ({type(exc).__name__}: {exc}); "
+                           "the stage was undone, and kubelet's retry tries again") from exc
+        if grown:
+            log.info("volume %s: its %s filesystem was smaller than the device (made from a smaller snapshot or "
+                     "volume); grown to the device", volume_id, fstype)
 
     def _undo_stage(self, state: StageState, mounted_here: bool, known: StageState | None) -> None:
         """Undo a failed stage: unmount what this call mounted, detach the volume unless something
