@@ -65,6 +65,7 @@ AUTH_MODES = ("none", "chap", "mutual")
 
 # Volume ids are ours alone: "csi-" and 32 hex digits derived from the volume name.
 VOLUME_ID_RE = re.compile(r"^csi-[0-9a-f]{32}$")
+SNAPSHOT_ID_RE = re.compile(r"^snap-[0-9a-f]{32}$")
 # Kubernetes node names are DNS subdomains.
 NODE_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 # RFC 3720 names after RFC 3722's normalisation: lowercase letters, digits, '-', '.' and ':', as
@@ -86,6 +87,16 @@ def volume_id_for_name(name: str) -> str:
 
 def is_volume_id(value: str) -> bool:
     return bool(VOLUME_ID_RE.fullmatch(value))
+
+
+def snapshot_id_for_name(name: str) -> str:
+    """Like volume ids: a retried CreateSnapshot lands on the same id. The prefix keeps snapshot
+    and volume ids (and so their LVs and pool files) apart."""
+    return "snap-" + hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+def is_snapshot_id(value: str) -> bool:
+    return bool(SNAPSHOT_ID_RE.fullmatch(value))
 
 
 def unit_serial(volume_id: str) -> str:

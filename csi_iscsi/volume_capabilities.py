@@ -16,6 +16,8 @@ DEFAULT_FSTYPE = "ext4"
 ALLOWED_MOUNT_FLAGS = frozenset({
     "ro", "rw", "noatime", "relatime", "nodiratime", "nodev", "nosuid", "noexec", "sync", "dirsync",
     "discard", "nodiscard", "nobarrier", "lazytime", "data=ordered", "data=journal", "data=writeback",
+    # XFS: a volume made from a snapshot or a volume carries its source's UUID (docs/snapshots.md).
+    "nouuid",
 })
 
 # The SELinux context kubelet adds to the mount options when the CSIDriver says seLinuxMount: true

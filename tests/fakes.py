@@ -147,6 +147,8 @@ class FakeLvm:
         self.lvs: dict[str, int] = {thinpool: pool_size}
         self.broken: set[str] = set()  # program names that fail with exit 5
         self.extend_fails = False  # lvextend exits 5 without growing (e.g. the thin pool is full)
+        self.usage = (10.0, 5.0)  # the thin pool's data and metadata percent
+        self.inactive: set[str] = set()  # LVs with the activation-skip flag, not activated
 
     @staticmethod
     def _size(text: str) -> int:
@@ -154,7 +156,7 @@ class FakeLvm:
 
     def respond(self, argv: tuple[str, ...]) -> tuple[int, str] | None:
         program = argv[0]
-        if program not in ("lvs", "lvcreate", "lvextend", "lvremove"):
+        if program not in ("lvs", "lvcreate", "lvextend", "lvremove", "lvchange"):
             return None
         if program in self.broken:
             return 5, ""
@@ -174,14 +176,31 @@ class FakeLvm:
                     names = [name]
             rows = []
             for name in names:
-                values = {"lv_name": name, "lv_size": str(self.lvs[name])}
+                values = {"lv_name": name, "lv_size": str(self.lvs[name]),
+                          "data_percent": f"{self.usage[0]:.2f}" if name == self.thinpool else "",
+                          "metadata_percent": f"{self.usage[1]:.2f}" if name == self.thinpool else ""}
                 rows.append("  " + " ".join(values.get(f, "") for f in fields))
             return 0, "\n".join(rows) + ("\n" if rows else "")
         if program == "lvcreate":
             name = args[args.index("-n") + 1]
             if name in self.lvs:
                 return 5, ""
+            if "-s" in args:  # a thin snapshot of the last argument, vg/origin
+                origin = args[-1].split("/", 1)[1]
+                if origin not in self.lvs:
+                    return 5, ""
+                self.lvs[name] = self.lvs[origin]
+                skip = not ("-k" in args and args[args.index("-k") + 1] == "n")
+                if skip:
+                    self.inactive.add(name)
+                return 0, ""
             self.lvs[name] = self._size(args[args.index("-V") + 1])
+            return 0, ""
+        if program == "lvchange":
+            name = args[-1].split("/", 1)[1]
+            if name not in self.lvs:
+                return 5, ""
+            self.inactive.discard(name)
             return 0, ""
         if program == "lvextend":
             name = args[-1].split("/", 1)[1]

@@ -33,6 +33,8 @@ POINTS: tuple[str, ...] = (
     "publish.after_record", "publish.after_grant", "publish.after_save",
     "unpublish.after_revoke", "unpublish.after_save",
     "expand.after_pool", "expand.after_lio", "expand.after_save",
+    "snapshot.after_record", "snapshot.after_pool",
+    "delete_snapshot.after_record", "delete_snapshot.after_pool",
     # Node
     "stage.after_state", "stage.after_records", "stage.after_login", "stage.after_device",
     "stage.after_mkfs", "stage.after_mount",

@@ -116,6 +116,11 @@ class RecordStore:
         with self._lock:
             return {r.volume_id: r.capacity_bytes for r in self._records.values() if r.pool == pool}
 
+    def made_from_sources(self, pool: str) -> set[str]:
+        """Ids of the pool's volumes made from a snapshot or a volume."""
+        with self._lock:
+            return {r.volume_id for r in self._records.values() if r.pool == pool and r.content_source}
+
     def holders(self, initiator_iqn: str) -> dict[str, set[str]]:
         """node name -> volume ids, for every node a record grants this initiator IQN to."""
         with self._lock:

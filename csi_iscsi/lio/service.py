@@ -11,6 +11,17 @@ disk before it replaces the old in memory):
   back.
 - unpublish: LIO ACLs of the initiator, whatever the record says → saved config → record.
 - expand: pool → (fileio: LIO object recreated → saved config) → record.
+- snapshot: snapshot record (creating) → pool → snapshot record (ready). lvm-thin and a reflink
+  are instant and done in the call; a fileio copy of an unpublished volume runs as a background
+  copy (csi_iscsi.lio.copies), and CreateSnapshot answers ready_to_use=false until it is done (the
+  snapshotter asks again). A failed or interrupted copy leaves the record creating; the next
+  CreateSnapshot (or the start-up reconcile) starts it again.
+- create from a snapshot or volume: as create, with the pool making the new volume's bytes from
+  the source's; a fileio copy runs in the background too, and CreateVolume answers ABORTED
+  ("in progress", retried by the provisioner) until it is done.
+While a fileio item is made from a volume (its record on disk says creating), that volume cannot
+be published, expanded or deleted (ABORTED): no node writes under a copy. The guard is the
+record, not the running copy, so a restart does not lift it.
 An RPC returns OK only after the saved config holds the change (an ACL removed but not saved
 would come back at the next boot and re-open a fenced node). Fault points (csi_iscsi.base.faults)
 sit between the steps; docs/failure-modes.md says what each leaves and what converges it.
@@ -20,25 +31,55 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client import Gauge
 
 from csi_iscsi import contract
-from csi_iscsi.base.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
+from csi_iscsi.base.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from csi_iscsi.base.faults import fault_point
+from csi_iscsi.base.redact import quoted
 from csi_iscsi.chap import Chap
 from csi_iscsi.contract import NodeId
-from csi_iscsi.lio.api import CREATING, DELETING, READY, Grant, PoolInfo, VolumeRecord, VolumeSpec
+from csi_iscsi.lio.api import (
+    CREATING,
+    DELETING,
+    READY,
+    Grant,
+    PoolInfo,
+    SnapshotRecord,
+    VolumeRecord,
+    VolumeSpec,
+    parse_content_source,
+)
+from csi_iscsi.lio.copies import Copies
 from csi_iscsi.lio.objects import CONFIGFS, Lio
 from csi_iscsi.lio.pools import Backing, FileioPool, Pool, Reservations
 from csi_iscsi.lio.records import RecordStore
 from csi_iscsi.lio.saveconfig import SavedConfig
+from csi_iscsi.lio.snapshot_records import SnapshotStore
 
 log = logging.getLogger(__name__)
 
 DRIFT = Gauge("csi_iscsi_lio_drift", "Differences between the controller's records and live LIO at start-up")
+# How long a call waits for a copy it started before answering "not yet".
+COPY_ANSWER_WAIT = 3.0
+STOP_WAIT = 30.0
+
+
+class CopyInProgress(Aborted):
+    """CreateVolume's copy is still running: the CO retries, and nothing is undone."""
 
 
 class LioTargetService:
@@ -51,6 +92,8 @@ class LioTargetService:
         self.portals = portals
         self._prefix = iqn_prefix
         self._records = RecordStore(state_dir)
+        self._snapshots = SnapshotStore(state_dir)
+        self._copies = Copies()
         self._saved = saved
         self._lio = lio or Lio()
         self._lio_lock = threading.Lock()  # configfs has no locking of its own
@@ -67,6 +110,19 @@ class LioTargetService:
             if pool.siblings:
                 log.warning("fileio pools %s share one filesystem; each counts the others' volumes against its free "
                             "space", sorted([pool.name, *(p.name for p in pool.siblings)]))
+
+    def close(self) -> None:
+        """Stops the copies running in this process (a new service in the same process, in tests, or
+        a shutdown): what they were making stays creating, and is made again later."""
+        self._copies.stop_all(STOP_WAIT)
+
+    def _pool(self, name: str) -> Pool:
+        pool = self._pools.get(name)
+        if pool is None:
+            raise FailedPrecondition(f"pool {name} is not configured any more; add its --pool again to reach what "
+                                     "is in it")
+        return pool
+
     # Queries -------------------------------------------------------------------------------------
 
     def pools(self) -> dict[str, PoolInfo]:
@@ -88,9 +144,14 @@ class LioTargetService:
         target = self._pools[pool]
         sharing = [pool, *(p.name for p in target.siblings)] if isinstance(target, FileioPool) else [pool]
         provisioned: dict[str, int] = {}
+        shared: set[str] = set()
         for name in sharing:
             provisioned.update(self._records.capacities(name))
-        free = target.available_bytes(provisioned)
+            shared |= self._records.made_from_sources(name)
+            snapshots = self._snapshots.sizes(name)
+            provisioned.update(snapshots)
+            shared |= set(snapshots)
+        free = target.available_bytes(provisioned, shared)
         return max(0, free - sum(self._reserved.held(name) for name in sharing))
 
     def ready(self) -> tuple[bool, str]:
@@ -147,6 +208,10 @@ class LioTargetService:
         with self._lio_lock:
             fresh = record is None and not self._lio.target_exists(self.target_iqn(spec.volume_id))
         if record is None:
+            source_kind, source_id = parse_content_source(spec.content_source)
+            if source_kind:
+                self._source(spec.pool, source_kind, source_id)
+                self._pools[spec.pool].check_usage()
             with self._capacity_lock:
                 available = self.available_bytes(spec.pool)
                 if spec.capacity_bytes > available:
@@ -155,7 +220,7 @@ class LioTargetService:
                 record = VolumeRecord(
                     volume_id=spec.volume_id, name=spec.name, pool=spec.pool, capacity_bytes=spec.capacity_bytes,
                     access_type=spec.access_type, access_modes=spec.access_modes, parameters=spec.parameters,
-                    authentication=spec.authentication, state=CREATING)
+                    authentication=spec.authentication, state=CREATING, content_source=spec.content_source)
                 self._records.put(record)
         elif record.state == READY:
             return record
@@ -164,7 +229,7 @@ class LioTargetService:
         # A new volume, or one a crash left half made: every step below is an idempotent "ensure".
         try:
             fault_point("create.after_record")
-            backing = self._pools[record.pool].allocate(record.volume_id, record.capacity_bytes)
+            backing = self._allocate(record)
             fault_point("create.after_pool")
             self._export_lio(record, backing, fresh)
             fault_point("create.after_lio")
@@ -172,14 +237,70 @@ class LioTargetService:
             fault_point("create.after_save")
             ready = replace(record, state=READY)
             self._records.put(ready)
+        except CopyInProgress:
+            raise
         except Exception:
             self._undo_create(record)
             raise
         return ready
 
+    def _source(self, pool: str, kind: str, source_id: str) -> bool:
+        """Checks that a new volume in `pool` can be made from the source; returns whether a node
+        may be writing the source now."""
+        if kind == "snapshot":
+            snapshot = self._snapshots.get(source_id)
+            if snapshot is None or snapshot.state == DELETING:
+                raise NotFound(f"snapshot {source_id} does not exist")
+            if snapshot.state != READY:
+                raise FailedPrecondition(f"snapshot {source_id} is not ready yet (its copy is running); retry later")
+            source_pool, in_use = snapshot.pool, False
+        elif kind == "volume":
+            volume = self._records.get(source_id)
+            if volume is None or volume.state != READY:
+                raise NotFound(f"volume {source_id} does not exist")
+            source_pool, in_use = volume.pool, bool(volume.grants)
+        else:
+            raise InvalidArgument(f"unknown volume content source {kind!r}")
+        if source_pool != pool:
+            raise InvalidArgument(f"{kind} {source_id} is in pool {source_pool}; a volume made from it must be in "
+                                  f"the same pool, not {pool} (StorageClass parameter pool)")
+        return in_use
+
+    def _allocate(self, record: VolumeRecord) -> Backing:
+        pool = self._pools[record.pool]
+        kind, source_id = parse_content_source(record.content_source)
+        if not kind:
+            return pool.allocate(record.volume_id, record.capacity_bytes)
+        if pool.exists(record.volume_id):
+            # Made already (a retry after a crash): the source may be gone since, and is not needed.
+            return pool.allocate_from(source_id, record.volume_id, record.capacity_bytes, in_use=False)
+        in_use = self._source(record.pool, kind, source_id)
+        if not pool.copies_data or in_use:
+            # Instant (a thin snapshot, a reflink), or refused at once when only a copy would do.
+            return pool.allocate_from(source_id, record.volume_id, record.capacity_bytes, in_use=in_use)
+        error = self._copies.failure(record.volume_id)
+        if error:
+            raise Internal(f"copying {kind} {source_id} into volume {record.volume_id} failed ({error}); a retried "
+                           "CreateVolume starts again")
+        job = self._copies.start(record.volume_id, source_id, lambda cancel: pool.allocate_from(
+            source_id, record.volume_id, record.capacity_bytes, in_use=False, cancel=cancel))
+        if not job.done.wait(COPY_ANSWER_WAIT) or job.error:
+            if job.error:
+                self._copies.failure(record.volume_id)
+                raise Internal(f"copying {kind} {source_id} into volume {record.volume_id} failed ({job.error})")
+            raise CopyInProgress(f"volume {record.volume_id} is being copied from {kind} {source_id} (a fileio "
+                                 "pool without reflink copies the data); retry later")
+        if not pool.exists(record.volume_id):
+            # A copy stopped without an error (a shutdown) made nothing: never allocate an empty
+            # file in its place, which a node would take for a blank volume and format.
+            raise CopyInProgress(f"the copy into volume {record.volume_id} was stopped; retry to start it again")
+        return pool.allocate(record.volume_id, record.capacity_bytes)
+
     def _undo_create(self, record: VolumeRecord) -> None:
         """The CO never got this volume: take every part of it away, the record last."""
         try:
+            if not self._copies.stop(record.volume_id, STOP_WAIT):
+                raise Aborted(f"the copy into volume {record.volume_id} is still stopping")
             self._unexport(record.volume_id)
             self._saved.update(storage_objects={record.volume_id: None},
                                targets={self.target_iqn(record.volume_id): None})
@@ -193,6 +314,9 @@ class LioTargetService:
         record = self._records.get(volume_id)
         if record is None:
             return
+        self._refuse_while_copied(volume_id, "deleted")
+        if not self._copies.stop(volume_id, STOP_WAIT):
+            raise Aborted(f"the copy into volume {volume_id} is still stopping; retry")
         if record.grants:
             raise FailedPrecondition(f"volume {volume_id} is still published to {sorted(record.grants)}; "
                                      "ControllerUnpublishVolume it first")
@@ -212,6 +336,7 @@ class LioTargetService:
 
     def publish(self, volume_id: str, node: NodeId, readonly: bool, chap: Chap | None) -> VolumeRecord:
         key = str(node)
+        self._refuse_while_copied(volume_id, "published")
         self._ensure_exported(self._ready(volume_id))
         with self._claims_lock:  # two volumes published at once to two nodes with one IQN
             record = self._ready(volume_id)
@@ -304,6 +429,7 @@ class LioTargetService:
         if capacity_bytes <= record.capacity_bytes:
             return record
         pool = self._pools[record.pool]
+        self._refuse_while_copied(volume_id, "expanded")
         if record.grants and not pool.online_expansion:
             raise FailedPrecondition(
                 f"volume {volume_id} is published and {pool.kind} pool {pool.name} grows volumes offline only "
@@ -348,6 +474,135 @@ class LioTargetService:
             log.exception("volume %s could not be exported again after a failed expansion; a retried "
                           "ControllerExpandVolume or the next start-up reconcile restores it", record.volume_id)
 
+    # Snapshots -----------------------------------------------------------------------------------
+
+    def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
+        return self._snapshots.get(snapshot_id)
+
+    def snapshot_page(self, start_after: str, limit: int, source_volume_id: str = "") -> \
+            tuple[list[SnapshotRecord], str]:
+        return self._snapshots.page(start_after, limit, source_volume_id)
+
+    def create_snapshot(self, snapshot_id: str, name: str, source_volume_id: str) -> SnapshotRecord:
+        record = self._snapshots.get(snapshot_id)
+        if record is not None:
+            if record.source_volume_id != source_volume_id or record.name != name:
+                raise AlreadyExists(f"snapshot {quoted(name)} exists, of volume {record.source_volume_id}")
+            if record.state == READY:
+                return record
+            if record.state == DELETING:
+                raise FailedPrecondition(f"snapshot {snapshot_id} is being deleted; retry after DeleteSnapshot ends")
+            return self._finish_snapshot(record, made_here=False)
+        source = self._ready(source_volume_id)
+        self._pools[source.pool].check_usage()  # an LVM report: not under the lock every create takes
+        with self._capacity_lock:
+            # A snapshot counts its full size against the pool (it may need all of it anew).
+            available = self.available_bytes(source.pool)
+            if source.capacity_bytes > available:
+                raise ResourceExhausted(f"pool {source.pool} has {available} bytes left; a snapshot of volume "
+                                        f"{source_volume_id} takes {source.capacity_bytes}")
+            record = SnapshotRecord(snapshot_id=snapshot_id, name=name, source_volume_id=source_volume_id,
+                                    pool=source.pool, size_bytes=source.capacity_bytes, created_ns=time.time_ns())
+            self._snapshots.put(record)
+        return self._finish_snapshot(record, made_here=True)
+
+    def _finish_snapshot(self, record: SnapshotRecord, made_here: bool) -> SnapshotRecord:
+        pool = self._pool(record.pool)
+        try:
+            fault_point("snapshot.after_record")
+            source = self._records.get(record.source_volume_id)
+            if source is None or source.state != READY:
+                raise FailedPrecondition(f"snapshot {record.snapshot_id} was left half made and its source volume "
+                                         f"{record.source_volume_id} is gone; delete the snapshot")
+            in_use = bool(source.grants)
+            if pool.copies_data and not in_use:
+                return self._copy_snapshot(record)
+            pool.snapshot(record.source_volume_id, record.snapshot_id, in_use=in_use)
+            fault_point("snapshot.after_pool")
+            ready = replace(record, state=READY)
+            self._snapshots.put(ready)
+            return ready
+        except Exception:
+            # The CO never learnt of a snapshot first made by this call: take it away. One it was
+            # already told of (ready_to_use=false) keeps its record: its id and creation time are
+            # the CO's, and the next CreateSnapshot tries again.
+            if made_here:
+                self._undo_snapshot(record)
+            raise
+
+    def _undo_snapshot(self, record: SnapshotRecord) -> None:
+        """The CO was never told of this snapshot: take it away, the record last."""
+        try:
+            self._pool(record.pool).release_snapshot(record.snapshot_id)
+            self._snapshots.remove(record.snapshot_id)
+        except Exception:
+            log.exception("undoing the failed CreateSnapshot of %s left it half made; its record stays %s, and a "
+                          "retried CreateSnapshot or a DeleteSnapshot finishes it", record.snapshot_id, record.state)
+
+    def _copy_snapshot(self, record: SnapshotRecord, wait: float = COPY_ANSWER_WAIT) -> SnapshotRecord:
+        pool = self._pool(record.pool)
+
+        def work(cancel: threading.Event) -> None:
+            started = time.monotonic()
+            pool.snapshot(record.source_volume_id, record.snapshot_id, in_use=False, cancel=cancel)
+            fault_point("snapshot.after_pool")
+            if not cancel.is_set():
+                self._snapshots.put(replace(record, state=READY))
+                log.info("snapshot %s of volume %s ready after %.1f s", record.snapshot_id, record.source_volume_id,
+                         time.monotonic() - started)
+
+        # A copy that failed before is reported once here (its job ends with that), and the next
+        # call starts a new one.
+        job = self._copies.start(record.snapshot_id, record.source_volume_id, work)
+        job.done.wait(wait)
+        error = self._copies.failure(record.snapshot_id)
+        if error:
+            raise Internal(f"copying volume {record.source_volume_id} for snapshot {record.snapshot_id} failed "
+                           f"({error}); the next CreateSnapshot starts the copy again")
+        return self._snapshots.get(record.snapshot_id) or record
+
+    def _copied_from(self, volume_id: str) -> str | None:
+        """What is being copied from this volume, if anything.
+
+        A snapshot by its record on disk: it is the volume at the time the CO was first answered,
+        so until its copy is complete nothing may write the volume, across restarts too (the
+        reconcile starts the copy again; DeleteSnapshot ends it). A volume made from this one only
+        while its copy runs: a retried CreateVolume copies afresh, from the volume as it is then,
+        and a copy nobody retries must not keep the volume from its pods."""
+        for snapshot in self._snapshots.of_volume(volume_id):
+            pool = self._pools.get(snapshot.pool)
+            if snapshot.state == CREATING and (pool is None or pool.copies_data):
+                running = "its copy is running" if self._copies.running(snapshot.snapshot_id) else \
+                    "its copy is not complete (see the controller's log; the next CreateSnapshot starts it again)"
+                return f"snapshot {snapshot.snapshot_id} of it is not made yet ({running})"
+        reader = self._copies.reading(volume_id)
+        return f"volume {reader} is being copied from it" if reader is not None else None
+
+    def _refuse_while_copied(self, volume_id: str, verb: str) -> None:
+        why = self._copied_from(volume_id)
+        if why is not None:
+            raise Aborted(f"volume {volume_id} cannot be {verb} now: {why}. Retry when that is done, or delete the "
+                          "snapshot or volume being made")
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        if self._snapshots.get(snapshot_id) is None:
+            return
+        reader = self._copies.reading(snapshot_id)
+        if reader is not None:
+            raise Aborted(f"snapshot {snapshot_id} is being copied into volume {reader}; retry when that is done")
+        if not self._copies.stop(snapshot_id, STOP_WAIT):
+            raise Aborted(f"the copy for snapshot {snapshot_id} is still stopping; retry")
+        record = self._snapshots.get(snapshot_id)
+        if record is None:
+            return
+        if record.state != DELETING:
+            record = replace(record, state=DELETING)
+            self._snapshots.put(record)
+        fault_point("delete_snapshot.after_record")
+        self._pool(record.pool).release_snapshot(snapshot_id)
+        fault_point("delete_snapshot.after_pool")
+        self._snapshots.remove(snapshot_id)
+
     def _ready(self, volume_id: str) -> VolumeRecord:
         record = self._records.get(volume_id)
         if record is None or record.state != READY:
@@ -382,6 +637,22 @@ class LioTargetService:
         except Exception as exc:
             log.exception("reconcile: listing LIO targets")
             drift.append(f"LIO targets could not be listed ({type(exc).__name__}: {exc})")
+        for snapshot in self._snapshots.all():
+            if snapshot.state == READY:
+                continue
+            drift.append(f"snapshot {snapshot.snapshot_id} ({quoted(snapshot.name)}) was left {snapshot.state} by a "
+                         "restart; a retried CreateSnapshot/DeleteSnapshot finishes it")
+            try:  # each snapshot on its own: one that cannot be resumed is reported, not fatal
+                pool = self._pools.get(snapshot.pool)
+                source = self._records.get(snapshot.source_volume_id)
+                if snapshot.state == CREATING and pool is not None and pool.copies_data and source is not None \
+                        and source.state == READY and not source.grants:
+                    self._copy_snapshot(snapshot, wait=0)  # its source stays unpublished until it is done
+            except Exception as exc:
+                drift.append(f"snapshot {snapshot.snapshot_id}: its copy could not start again "
+                             f"({type(exc).__name__}: {exc})")
+        for snapshot_id in sorted(self._snapshots.unreadable):
+            drift.append(f"snapshot {snapshot_id}: its record is unreadable; calls on it fail until it is fixed")
         for line in drift:
             log.warning("reconcile: %s", line)
         DRIFT.set(len(drift))

@@ -3,7 +3,10 @@ themselves are the target backend's (csi_iscsi.lio.api.TargetBackend)."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from csi_iscsi import contract
 from csi_iscsi.base.errors import (
@@ -29,7 +32,18 @@ from csi_iscsi.contract import (
     VolumeContext,
 )
 from csi_iscsi.csi import csi_pb2, csi_pb2_grpc
-from csi_iscsi.lio.api import SIZE_ALIGN, TargetBackend, VolumeRecord, VolumeSpec, align
+from csi_iscsi.lio.api import (
+    DELETING,
+    READY,
+    SIZE_ALIGN,
+    SnapshotRecord,
+    TargetBackend,
+    VolumeRecord,
+    VolumeSpec,
+    align,
+    content_source,
+    parse_content_source,
+)
 from csi_iscsi.topology import accessible_zones, topologies
 from csi_iscsi.volume_capabilities import READONLY_MODES, check_all, check_one, is_single_node, mode_allowed
 
@@ -39,6 +53,7 @@ Cap = csi_pb2.ControllerServiceCapability.RPC
 CAPABILITIES = [
     Cap.CREATE_DELETE_VOLUME, Cap.PUBLISH_UNPUBLISH_VOLUME, Cap.LIST_VOLUMES, Cap.GET_CAPACITY,
     Cap.PUBLISH_READONLY, Cap.EXPAND_VOLUME, Cap.LIST_VOLUMES_PUBLISHED_NODES, Cap.SINGLE_NODE_MULTI_WRITER,
+    Cap.CREATE_DELETE_SNAPSHOT, Cap.LIST_SNAPSHOTS, Cap.CLONE_VOLUME,
 ]
 
 
@@ -55,6 +70,44 @@ def _capacity(cr: csi_pb2.CapacityRange) -> int:
             raise OutOfRange(f"no size that is a multiple of {SIZE_ALIGN} bytes fits between "
                              f"{required} and {limit} bytes")
     return size
+
+
+def _capacity_from(cr: csi_pb2.CapacityRange, source_bytes: int) -> int:
+    """A volume made from a source holds all of it: never smaller than the source. A larger one
+    is fine for a raw device; a filesystem is grown to it when the node stages it."""
+    if cr.limit_bytes and cr.limit_bytes < source_bytes:
+        raise OutOfRange(f"the source holds {source_bytes} bytes, more than limit_bytes {cr.limit_bytes}")
+    size = _capacity(cr) if cr.required_bytes else source_bytes
+    return max(size, source_bytes)
+
+
+def _content_source(source: csi_pb2.VolumeContentSource) -> tuple[str, str]:
+    if source.HasField("snapshot"):
+        if not source.snapshot.snapshot_id:
+            raise InvalidArgument("volume_content_source.snapshot.snapshot_id is required")
+        return "snapshot", source.snapshot.snapshot_id
+    if source.HasField("volume"):
+        if not source.volume.volume_id:
+            raise InvalidArgument("volume_content_source.volume.volume_id is required")
+        return "volume", source.volume.volume_id
+    raise InvalidArgument("volume_content_source names neither a snapshot nor a volume")
+
+
+def _content_source_pb(value: str) -> csi_pb2.VolumeContentSource | None:
+    kind, source_id = parse_content_source(value)
+    if kind == "snapshot":
+        return csi_pb2.VolumeContentSource(snapshot=csi_pb2.VolumeContentSource.SnapshotSource(snapshot_id=source_id))
+    if kind == "volume":
+        return csi_pb2.VolumeContentSource(volume=csi_pb2.VolumeContentSource.VolumeSource(volume_id=source_id))
+    return None
+
+
+def _snapshot(record: SnapshotRecord) -> csi_pb2.Snapshot:
+    created = Timestamp()
+    created.FromNanoseconds(record.created_ns)
+    return csi_pb2.Snapshot(size_bytes=record.size_bytes, snapshot_id=record.snapshot_id,
+                            source_volume_id=record.source_volume_id, creation_time=created,
+                            ready_to_use=record.state == READY)
 
 
 def _fits(record: VolumeRecord, cr: csi_pb2.CapacityRange) -> bool:
@@ -99,7 +152,17 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
     def _volume(self, record: VolumeRecord, zones: list[str] | None = None) -> csi_pb2.Volume:
         return csi_pb2.Volume(volume_id=record.volume_id, capacity_bytes=record.capacity_bytes,
                               volume_context=self._volume_context(record),
+                              content_source=_content_source_pb(record.content_source),
                               accessible_topology=topologies(self._zones if zones is None else zones))
+
+    def _source_size(self, kind: str, source_id: str) -> int:
+        """The source's size; NOT_FOUND for an id that is not ours or names nothing."""
+        if kind == "snapshot":
+            snapshot = self._target.get_snapshot(source_id) if contract.is_snapshot_id(source_id) else None
+            if snapshot is None:
+                raise NotFound(f"snapshot {quoted(source_id)} does not exist")
+            return snapshot.size_bytes
+        return self._record(source_id).capacity_bytes
 
     def _record(self, volume_id: str) -> VolumeRecord:
         record = self._target.get(volume_id) if contract.is_volume_id(volume_id) else None
@@ -114,12 +177,12 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         if not request.name:
             raise InvalidArgument("name is required")
         requested = check_all(request.volume_capabilities)
-        if request.HasField("volume_content_source"):
-            raise InvalidArgument("volume content sources (clones, snapshots) are not supported by csi-iscsi")
+        source_kind, source_id = (_content_source(request.volume_content_source)
+                                  if request.HasField("volume_content_source") else ("", ""))
         if request.mutable_parameters:
             raise InvalidArgument("mutable_parameters are not supported (no ModifyVolume)")
         pool, auth, params = self._parameters(dict(request.parameters))
-        size = _capacity(request.capacity_range)
+        source = content_source(source_kind, source_id) if source_kind else ""
         unreachable: ResourceExhausted | None = None
         try:
             zones = accessible_zones(self._zones, request.accessibility_requirements
@@ -134,20 +197,30 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
                     raise Internal(f"volume id {volume_id} collides for two names; rename the claim")
                 if not _fits(existing, request.capacity_range) or existing.parameters != params \
                         or existing.access_type != requested.access_type \
-                        or set(existing.access_modes) != set(requested.modes):
+                        or set(existing.access_modes) != set(requested.modes) \
+                        or existing.content_source != source:
                     raise AlreadyExists(
                         f"volume {quoted(request.name)} exists ({existing.capacity_bytes} bytes, "
-                        f"{existing.access_type}, {dict(existing.parameters)}) and does not match this request")
+                        f"{existing.access_type}, {dict(existing.parameters)}, source "
+                        f"{existing.content_source or 'none'}) and does not match this request")
                 if unreachable is not None:
                     raise AlreadyExists(f"volume {quoted(request.name)} exists and is reachable from the zones this "
                                         f"controller serves, which the requested topology excludes: {unreachable}")
+                size = existing.capacity_bytes
             elif unreachable is not None:
                 raise unreachable
-            record = self._target.create(VolumeSpec(
-                volume_id=volume_id, name=request.name, pool=pool,
-                capacity_bytes=existing.capacity_bytes if existing else size,
-                access_type=requested.access_type, access_modes=requested.modes, parameters=params,
-                authentication=auth))
+            elif source_kind:
+                size = _capacity_from(request.capacity_range, self._source_size(source_kind, source_id))
+            else:
+                size = _capacity(request.capacity_range)
+            # The source is held while the volume is made from it: a snapshot is not deleted, nor a
+            # volume published, under the copy. A volume already made needs its source no more.
+            hold_source = bool(source_kind) and source_id != volume_id and (existing is None or existing.state != READY)
+            with self._locks.hold(source_id, "CreateVolume from it") if hold_source else nullcontext():
+                record = self._target.create(VolumeSpec(
+                    volume_id=volume_id, name=request.name, pool=pool, capacity_bytes=size,
+                    access_type=requested.access_type, access_modes=requested.modes, parameters=params,
+                    authentication=auth, content_source=source))
         return csi_pb2.CreateVolumeResponse(volume=self._volume(record, zones))
 
     def DeleteVolume(self, request: csi_pb2.DeleteVolumeRequest,
@@ -293,3 +366,63 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         return csi_pb2.ControllerExpandVolumeResponse(
             capacity_bytes=record.capacity_bytes,
             node_expansion_required=record.access_type == "mount" or bool(record.grants))
+
+    # Snapshots -----------------------------------------------------------------------------------
+
+    def CreateSnapshot(self, request: csi_pb2.CreateSnapshotRequest,
+                       context: grpc.ServicerContext) -> csi_pb2.CreateSnapshotResponse:
+        if not request.name:
+            raise InvalidArgument("name is required")
+        if not request.source_volume_id:
+            raise InvalidArgument("source_volume_id is required")
+        unknown = sorted(k for k in request.parameters if not k.startswith(Parameters.KUBERNETES_PREFIX))
+        if unknown:
+            shown = ", ".join(quoted(k, 40) for k in unknown[:5])
+            raise InvalidArgument(f"unknown VolumeSnapshotClass parameters {shown}; csi-iscsi takes none")
+        snapshot_id = contract.snapshot_id_for_name(request.name)
+        made = self._target.get_snapshot(snapshot_id)
+        if made is not None and made.name == request.name and made.state == READY \
+                and made.source_volume_id == request.source_volume_id:
+            # Made already: its source may be gone since, and is not needed to answer.
+            return csi_pb2.CreateSnapshotResponse(snapshot=_snapshot(made))
+        source = self._record(request.source_volume_id)
+        with self._locks.hold(snapshot_id, "CreateSnapshot"), \
+                self._locks.hold(source.volume_id, "CreateSnapshot of it"):
+            existing = self._target.get_snapshot(snapshot_id)
+            if existing is not None and existing.name != request.name:
+                raise Internal(f"snapshot id {snapshot_id} collides for two names; rename the VolumeSnapshot")
+            if existing is not None and existing.source_volume_id != source.volume_id:
+                raise AlreadyExists(f"snapshot {quoted(request.name)} exists, of volume {existing.source_volume_id}, "
+                                    f"not {source.volume_id}")
+            record = self._target.create_snapshot(snapshot_id, request.name, source.volume_id)
+        return csi_pb2.CreateSnapshotResponse(snapshot=_snapshot(record))
+
+    def DeleteSnapshot(self, request: csi_pb2.DeleteSnapshotRequest,
+                       context: grpc.ServicerContext) -> csi_pb2.DeleteSnapshotResponse:
+        if not request.snapshot_id:
+            raise InvalidArgument("snapshot_id is required")
+        if contract.is_snapshot_id(request.snapshot_id):
+            with self._locks.hold(request.snapshot_id, "DeleteSnapshot"):
+                self._target.delete_snapshot(request.snapshot_id)
+        return csi_pb2.DeleteSnapshotResponse()
+
+    def ListSnapshots(self, request: csi_pb2.ListSnapshotsRequest,
+                      context: grpc.ServicerContext) -> csi_pb2.ListSnapshotsResponse:
+        if request.max_entries < 0:
+            raise InvalidArgument("max_entries must not be negative")
+        if request.snapshot_id:
+            found = self._target.get_snapshot(request.snapshot_id) if contract.is_snapshot_id(
+                request.snapshot_id) else None
+            if found is None or found.state == DELETING or (
+                    request.source_volume_id and found.source_volume_id != request.source_volume_id):
+                return csi_pb2.ListSnapshotsResponse()
+            entry = csi_pb2.ListSnapshotsResponse.Entry(snapshot=_snapshot(found))
+            return csi_pb2.ListSnapshotsResponse(entries=[entry])
+        if request.source_volume_id and not contract.is_volume_id(request.source_volume_id):
+            return csi_pb2.ListSnapshotsResponse()
+        if request.starting_token and not contract.is_snapshot_id(request.starting_token):
+            raise Aborted(f"starting_token {quoted(request.starting_token)} is not one this driver issued")
+        records, token = self._target.snapshot_page(request.starting_token, request.max_entries,
+                                                    request.source_volume_id)
+        return csi_pb2.ListSnapshotsResponse(
+            entries=[csi_pb2.ListSnapshotsResponse.Entry(snapshot=_snapshot(r)) for r in records], next_token=token)

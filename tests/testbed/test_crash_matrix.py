@@ -150,6 +150,15 @@ def controller_view(bed: Bed, vid: str) -> set[str]:
         seen.add("LIO target")
         if any((tpg / "acls").iterdir()):
             seen.add("LIO ACL")
+    sid = contract.snapshot_id_for_name(snapshot_name(vid))
+    snap_record = bed.state / "controller" / "snapshots" / f"{sid}.json"
+    if snap_record.exists():
+        seen.add(f"snapshot record:{json.loads(snap_record.read_text())['state']}")
+    if bed.pool_dir is not None:
+        if (bed.pool_dir / f"{sid}.img").exists():
+            seen.add("snapshot file")
+        if (bed.pool_dir / f"{sid}.img.part").exists():
+            seen.add("snapshot partial copy")
     if bed.saveconfig.exists():
         doc = json.loads(bed.saveconfig.read_text())
         for so in doc.get("storage_objects", []):
@@ -163,6 +172,11 @@ def controller_view(bed: Bed, vid: str) -> set[str]:
                 if any(tpg_.get("node_acls") for tpg_ in target.get("tpgs", [])):
                     seen.add("saved ACL")
     return seen
+
+
+def snapshot_name(vid: str) -> str:
+    """The one snapshot a scenario takes of a volume is named after the volume."""
+    return f"snap-of-{vid}"
 
 
 def node_view(bed: Bed, vid: str) -> set[str]:
@@ -247,6 +261,18 @@ class Vol:
     def delete(self) -> None:
         self.c.controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=self.vid), timeout=120)
 
+    def snapshot(self) -> None:
+        """CreateSnapshot as the snapshotter makes it: again until ready_to_use."""
+        request = csi_pb2.CreateSnapshotRequest(name=snapshot_name(self.vid), source_volume_id=self.vid)
+        deadline = time.monotonic() + 120
+        while not self.c.controller.CreateSnapshot(request, timeout=120).snapshot.ready_to_use:
+            assert time.monotonic() < deadline, "the snapshot never became ready"
+            time.sleep(0.2)
+
+    def delete_snapshot(self) -> None:
+        sid = contract.snapshot_id_for_name(snapshot_name(self.vid))
+        self.c.controller.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id=sid), timeout=120)
+
     def publish(self) -> None:
         node_id = self.bed.node_id or str(NodeId(NODE_NAME, "iqn.2026-11.io.csi-iscsi:testbed"))
         self.pctx = dict(self.c.controller.ControllerPublishVolume(csi_pb2.ControllerPublishVolumeRequest(
@@ -297,6 +323,7 @@ class Vol:
             self.unstage()
         self.c.controller.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(
             volume_id=self.vid), timeout=120)  # every node
+        self.delete_snapshot()
         self.delete()
 
 
@@ -315,13 +342,15 @@ for _p in POINTS:
         "publish": Scenario("publish", ("create",)),
         "unpublish": Scenario("unpublish", ("create", "publish")),
         "expand": Scenario("expand", ("create",)),
+        "snapshot": Scenario("snapshot", ("create",)),
+        "delete_snapshot": Scenario("delete_snapshot", ("create", "snapshot")),
         "stage": Scenario("stage", ("create", "publish")),
         "unstage": Scenario("unstage", ("create", "publish", "stage")),
         "node_publish": Scenario("node_publish", ("create", "publish", "stage")),
         "node_unpublish": Scenario("node_unpublish", ("create", "publish", "stage", "node_publish")),
         "node_expand": Scenario("node_expand", ("create", "publish", "stage", "node_publish", "expand")),
     }[_group]
-CONTROLLER_GROUPS = ("create", "delete", "publish", "unpublish", "expand")
+CONTROLLER_GROUPS = ("create", "delete", "publish", "unpublish", "expand", "snapshot", "delete_snapshot")
 CONTROLLER_POINTS = [p for p in POINTS if p.split(".")[0] in CONTROLLER_GROUPS]
 NODE_POINTS = [p for p in POINTS if p not in CONTROLLER_POINTS]
 

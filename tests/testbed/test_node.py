@@ -380,3 +380,43 @@ def test_unstage_is_bounded_when_the_target_is_gone(cluster: Cluster) -> None:
     cluster.controller.controller.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(
         volume_id=volume.volume_id, node_id=cluster.node_id))
     cluster.delete(volume)
+
+
+def test_a_larger_restore_of_a_snapshot_holds_its_files_in_a_grown_filesystem(cluster: Cluster, thin_vg: str,
+                                                                             tmp_path: Path) -> None:
+    """Through the whole data path: files written in a pod, a thin snapshot while the volume is in
+    use, more written, then a volume twice the size made from the snapshot and staged: exactly the
+    files at snapshot time, in a filesystem grown to the new size at stage."""
+    pools = [f"name=thin,type=lvm-thin,vg={thin_vg},thinpool=thin"]
+    with running(controller_args(cluster.state / "snapctl", pools, tmp_path / "save3.json"),
+                 tmp_path / "c3.sock", tmp_path / "controller3.log") as controller3:
+        cluster.controller, original = controller3, cluster.controller
+        try:
+            volume = cluster.create("pvc-snap-src", 128 * MiB)
+            _, target = cluster.attach(volume)
+            before = os.urandom(4 * MiB)
+            (Path(target) / "before").write_bytes(before)
+            subprocess.run(["sync", "-f", str(Path(target) / "before")], check=True)
+            snap = controller3.controller.CreateSnapshot(csi_pb2.CreateSnapshotRequest(
+                name="snap-in-use", source_volume_id=volume.volume_id)).snapshot
+            assert snap.ready_to_use
+            (Path(target) / "after").write_bytes(os.urandom(MiB))
+            source = csi_pb2.VolumeContentSource(
+                snapshot=csi_pb2.VolumeContentSource.SnapshotSource(snapshot_id=snap.snapshot_id))
+            restored = controller3.controller.CreateVolume(csi_pb2.CreateVolumeRequest(
+                name="pvc-snap-restored", capacity_range=csi_pb2.CapacityRange(required_bytes=256 * MiB),
+                volume_capabilities=[mount_cap()], volume_content_source=source), timeout=60).volume
+            assert restored.capacity_bytes == 256 * MiB
+            _, restored_target = cluster.attach(restored)
+            assert sorted(p.name for p in Path(restored_target).iterdir() if p.name != "lost+found") == ["before"]
+            assert sha(Path(restored_target) / "before") == hashlib.sha256(before).hexdigest()
+            st = os.statvfs(restored_target)
+            assert st.f_blocks * st.f_frsize > 200 * MiB, "the restored filesystem kept the snapshot's size"
+            for v in (restored, volume):
+                cluster.detach(v)
+            controller3.controller.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id))
+            for v in (restored, volume):
+                cluster.delete(v)
+                assert leftovers(v.volume_id) == []
+        finally:
+            cluster.controller = original

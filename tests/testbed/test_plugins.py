@@ -73,7 +73,7 @@ def test_node_get_info_carries_the_initiator_iqn(plugins: dict[str, Path], initi
 
 def test_unimplemented_calls_say_so(plugins: dict[str, Path]) -> None:
     with grpc.insecure_channel(f"unix:{plugins['controller']}") as channel, pytest.raises(grpc.RpcError) as err:
-        csi_pb2_grpc.ControllerStub(channel).CreateSnapshot(csi_pb2.CreateSnapshotRequest(name="x"), timeout=10)
+        csi_pb2_grpc.ControllerStub(channel).GetSnapshot(csi_pb2.GetSnapshotRequest(snapshot_id="x"), timeout=10)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

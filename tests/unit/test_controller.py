@@ -62,6 +62,7 @@ class World:
     def stop(self) -> None:
         self.channel.close()
         self.server.stop(0)
+        self.service.close()
 
     def create(self, name: str = "pvc-1", size: int = 64 * MiB, limit: int = 0, **params: str) -> csi_pb2.Volume:
         return self.stub.CreateVolume(csi_pb2.CreateVolumeRequest(

@@ -79,6 +79,7 @@ def nothing_left(world: World) -> None:
     assert world.lio.storage_objects == {} and world.lio.targets == {}
     assert list((world.tmp / "pool").iterdir()) == []
     assert list((world.tmp / "state" / "volumes").iterdir()) == []
+    assert list((world.tmp / "state" / "snapshots").iterdir()) == []
     doc = json.loads((world.tmp / "saveconfig.json").read_text())
     assert doc["storage_objects"] == [] and doc["targets"] == []
 
@@ -158,7 +159,41 @@ def after_failed_expand(world: World) -> None:
 case("expand.after_pool", "expand.after_lio", "expand.after_save")(
     (create, lambda w: expand(w, VID), after_failed_expand))
 
-CONTROLLER_POINTS = [p for p in POINTS if p.split(".")[0] in ("create", "delete", "publish", "unpublish", "expand")]
+SID = contract.snapshot_id_for_name("snap-f")
+
+
+def snapshot(world: World) -> None:
+    """CreateSnapshot until ready: a fileio copy may answer ready_to_use=false first."""
+    request = csi_pb2.CreateSnapshotRequest(name="snap-f", source_volume_id=VID)
+    while not world.stub.CreateSnapshot(request).snapshot.ready_to_use:
+        pass
+
+
+def delete_snapshot(world: World) -> None:
+    world.stub.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id=SID))
+
+
+def after_failed_snapshot(world: World) -> None:
+    # The CO never learnt of the snapshot: no record, no copy, and the volume is the nodes' again.
+    assert world.service.get_snapshot(SID) is None
+    assert sorted(p.name for p in (world.tmp / "pool").iterdir()) == [f"{VID}.img"]
+    world.publish(VID)
+    unpublish(world, VID)
+
+
+case("snapshot.after_record", "snapshot.after_pool")((create, snapshot, after_failed_snapshot))
+
+
+def after_failed_snapshot_delete(world: World) -> None:
+    assert world.service.get_snapshot(SID).state == "deleting"  # type: ignore[union-attr]
+    assert world.stub.ListSnapshots(csi_pb2.ListSnapshotsRequest()).entries == []
+
+
+case("delete_snapshot.after_record", "delete_snapshot.after_pool")(
+    (lambda w: (create(w), snapshot(w)), delete_snapshot, after_failed_snapshot_delete))
+
+CONTROLLER_POINTS = [p for p in POINTS if p.split(".")[0] in ("create", "delete", "publish", "unpublish", "expand",
+                                                              "snapshot", "delete_snapshot")]
 
 
 def test_every_controller_point_has_a_case() -> None:
@@ -179,6 +214,7 @@ def test_a_controller_call_failing_at_each_point_converges(world: World, point: 
     memory_matches_disk(world)
     # The reverse path leaves nothing.
     unpublish(world, VID)
+    delete_snapshot(world)
     delete(world, VID)
     nothing_left(world)
 
