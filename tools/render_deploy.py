@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 HELM_ONLY = ("helm.sh/chart:", "app.kubernetes.io/managed-by:", "# Source:")
 HEADER = """\
 # csi-iscsi {version}, the whole install as plain manifests: what `helm template csi-iscsi
-# charts/csi-iscsi --namespace csi-iscsi` renders with the chart's default values (written by
+# charts/csi-iscsi --namespace csi-iscsi --kube-version 1.34.0` renders with the chart's default
+# values, for Kubernetes 1.34 and later and without the csi-snapshotter (written by
 # tools/render_deploy.py, checked by tests/packaging/test_chart_helm.py). Apply namespace.yaml first.
 # Before applying: label the target node (kubectl label node <node> csi-iscsi.io/target=true) and
 # load or push the image localhost/csi-iscsi:{version} (image/build); see docs/install.md.
@@ -27,8 +28,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--helm", type=Path, default=REPO / ".venv" / "tools" / "helm-v4.1.4" / "helm")
     args = parser.parse_args(argv)
+    # For Kubernetes 1.34 and later (the provisioner's image depends on the version; the chart picks
+    # it from the cluster's), on a cluster without the snapshot API (no csi-snapshotter).
     rendered = subprocess.run([str(args.helm), "template", "csi-iscsi", str(REPO / "charts" / "csi-iscsi"),
-                               "--namespace", "csi-iscsi"], capture_output=True, text=True, check=True).stdout
+                               "--namespace", "csi-iscsi", "--kube-version", "1.34.0"],
+                              capture_output=True, text=True, check=True).stdout
     kept = [line for line in rendered.splitlines() if not line.strip().startswith(HELM_ONLY)]
     while kept and kept[0].strip() in ("", "---"):
         kept.pop(0)

@@ -41,9 +41,15 @@ def helm(request: pytest.FixtureRequest) -> Helm:
     return run
 
 
+# deploy/ is rendered for this Kubernetes version (tools/render_deploy.py): each helm's own default
+# differs, and the provisioner's image depends on it.
+DEPLOY_KUBE_VERSION = "1.34.0"
+
+
 def render(helm: Helm, *values: Path) -> list[dict[str, Any]]:
     flags = [arg for v in values for arg in ("-f", str(v))]
-    out = helm("template", "csi-iscsi", str(CHART), "--namespace", "csi-iscsi", *flags)
+    out = helm("template", "csi-iscsi", str(CHART), "--namespace", "csi-iscsi", "--kube-version",
+               DEPLOY_KUBE_VERSION, *flags)
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
@@ -281,3 +287,69 @@ def test_sidecars_can_carry_an_selinux_label_and_the_driver_can_declare_selinux_
         assert context["seLinuxOptions"] == {"type": "spc_t"}, (kind, name)
         assert context["allowPrivilegeEscalation"] is False and context["capabilities"] == {"drop": ["ALL"]}
     assert "seLinuxOptions" not in _container(docs, "DaemonSet", "csi-iscsi")["securityContext"]  # privileged
+
+
+def test_the_provisioner_follows_the_cluster_version_and_the_sidecars_have_the_rbac_they_read(helm: Helm) -> None:
+    """Provisioner 6.x needs Kubernetes 1.34; 5.x serves older clusters. The current majors watch
+    VolumeSnapshots and VolumeAttributesClasses; without the rules their informers never sync."""
+    def provisioner_on(version: str) -> dict[str, Any]:
+        out = helm("template", "csi-iscsi", str(CHART), "--kube-version", version)
+        assert out.returncode == 0, out.stderr
+        return _container([d for d in yaml.safe_load_all(out.stdout) if d], "Deployment", "csi-provisioner")
+
+    assert provisioner_on("1.34.0")["image"].endswith(":v6.2.1")
+    assert provisioner_on("1.36.2")["image"].endswith(":v6.2.1")
+    old = provisioner_on("1.31.4")
+    assert old["image"].endswith(":v5.2.0")
+    # Topology is GA (on, locked) in both; a gate a release has removed would stop the container.
+    assert not [a for a in old["args"] if a.startswith("--feature-gates")]
+    rules = next(d for d in render(helm) if d["kind"] == "ClusterRole" and d["metadata"]["name"] ==
+                 "csi-iscsi-controller")["rules"]
+    granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    for verb in ("get", "list", "watch", "update"):
+        assert ("snapshot.storage.k8s.io", "volumesnapshots", verb) in granted
+    for verb in ("get", "list", "watch"):
+        assert ("storage.k8s.io", "volumeattributesclasses", verb) in granted
+    assert ("snapshot.storage.k8s.io", "volumesnapshotcontents", "get") in granted
+
+
+def test_the_snapshotter_serves_snapshots_with_its_rbac_and_an_optional_class(helm: Helm) -> None:
+    def render_with(*args: str) -> list[dict[str, Any]]:
+        out = helm("template", "csi-iscsi", str(CHART), *args)
+        assert out.returncode == 0, out.stderr
+        return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+    def containers(docs: list[dict[str, Any]]) -> list[str]:
+        return [c["name"] for c in next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"][
+            "containers"]]
+
+    # auto: only where the cluster serves the snapshot API (without its CRDs the sidecar exits).
+    assert "csi-snapshotter" not in containers(render_with())
+    snapshot_api = ("--api-versions", "snapshot.storage.k8s.io/v1")
+    docs = render_with(*snapshot_api)
+    snapshotter = _container(docs, "Deployment", "csi-snapshotter")
+    assert snapshotter["image"] == "registry.k8s.io/sig-storage/csi-snapshotter:v8.6.0"
+    assert "--worker-threads=1" in snapshotter["args"] and "--extra-create-metadata" in snapshotter["args"]
+    rules = next(d for d in docs if d["kind"] == "ClusterRole")["rules"]
+    granted = {(r, v) for rule in rules for r in rule["resources"] for v in rule["verbs"]}
+    assert {("volumesnapshotcontents", "update"), ("volumesnapshotcontents/status", "patch"),
+            ("volumesnapshotclasses", "watch")} <= granted
+    assert not [d for d in docs if d["kind"] == "VolumeSnapshotClass"]
+    assert "csi-snapshotter" in containers(render_with("--set", "sidecars.snapshotter.enabled=true"))
+
+    off = render_with(*snapshot_api, "--set", "sidecars.snapshotter.enabled=false")
+    assert "csi-snapshotter" not in containers(off)
+    rules = next(d for d in off if d["kind"] == "ClusterRole")["rules"]
+    assert not [r for r in rules if "volumesnapshotcontents/status" in r["resources"]]
+
+    with_class = render_with(*snapshot_api, "--set", "volumeSnapshotClass.create=true", "--set",
+                             "volumeSnapshotClass.default=true", "--set", "volumeSnapshotClass.deletionPolicy=Retain")
+    vsc = next(d for d in with_class if d["kind"] == "VolumeSnapshotClass")
+    assert vsc["apiVersion"] == "snapshot.storage.k8s.io/v1" and vsc["driver"] == "iscsi.csi-iscsi.io"
+    assert vsc["deletionPolicy"] == "Retain"
+    assert vsc["metadata"]["annotations"] == {"snapshot.storage.kubernetes.io/is-default-class": "true"}
+    out = helm("template", "csi-iscsi", str(CHART), "--set", "volumeSnapshotClass.create=true")
+    assert out.returncode != 0 and "install the snapshot CRDs first" in out.stderr
+    # The sum of the sidecars' calls in flight still fits the plugin's workers.
+    out = helm("template", "csi-iscsi", str(CHART), *snapshot_api, "--set", "controller.workers.snapshotter=2")
+    assert out.returncode != 0 and "snapshotter 2" in out.stderr
