@@ -29,6 +29,7 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 300.0, e
 class Kube:
     def __init__(self, kubeconfig: str, driver_namespace: str) -> None:
         api = config.new_client_from_config(config_file=kubeconfig)
+        self.api = api
         self.core = client.CoreV1Api(api)
         self.storage = client.StorageV1Api(api)
         self.driver_namespace = driver_namespace
@@ -67,6 +68,37 @@ class Kube:
             resources=client.V1VolumeResourceRequirements(requests={"storage": size}))
         self.core.create_namespaced_persistent_volume_claim(
             ns, client.V1PersistentVolumeClaim(metadata=client.V1ObjectMeta(name=name), spec=spec))
+
+    def make_pvc_from(self, ns: str, name: str, size: str, kind: str, source: str,
+                      storage_class: str = "csi-iscsi") -> None:
+        """A claim made from a VolumeSnapshot (kind "VolumeSnapshot") or another claim ("PersistentVolumeClaim")."""
+        group = "snapshot.storage.k8s.io" if kind == "VolumeSnapshot" else None
+        spec = client.V1PersistentVolumeClaimSpec(
+            access_modes=["ReadWriteOnce"], storage_class_name=storage_class,
+            data_source=client.V1TypedLocalObjectReference(api_group=group, kind=kind, name=source),
+            resources=client.V1VolumeResourceRequirements(requests={"storage": size}))
+        self.core.create_namespaced_persistent_volume_claim(
+            ns, client.V1PersistentVolumeClaim(metadata=client.V1ObjectMeta(name=name), spec=spec))
+
+    def make_snapshot(self, ns: str, name: str, claim: str, snapshot_class: str = "csi-iscsi") -> None:
+        body = {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                "metadata": {"name": name},
+                "spec": {"volumeSnapshotClassName": snapshot_class,
+                         "source": {"persistentVolumeClaimName": claim}}}
+        client.CustomObjectsApi(self.api).create_namespaced_custom_object(
+            "snapshot.storage.k8s.io", "v1", ns, "volumesnapshots", body)
+
+    def wait_snapshot_ready(self, ns: str, name: str) -> dict[str, Any]:
+        objects = client.CustomObjectsApi(self.api)
+
+        def probe() -> dict[str, Any] | None:
+            snap = objects.get_namespaced_custom_object("snapshot.storage.k8s.io", "v1", ns, "volumesnapshots", name)
+            return snap if (snap.get("status") or {}).get("readyToUse") else None
+        return wait_for(f"VolumeSnapshot {ns}/{name} ready", probe)
+
+    def delete_snapshot(self, ns: str, name: str) -> None:
+        client.CustomObjectsApi(self.api).delete_namespaced_custom_object(
+            "snapshot.storage.k8s.io", "v1", ns, "volumesnapshots", name)
 
     def pvc(self, ns: str, name: str) -> Any:
         return self.core.read_namespaced_persistent_volume_claim(name, ns)

@@ -114,3 +114,35 @@ def test_deleting_the_pvc_leaves_nothing_on_the_target(kube: Kube, ns: str) -> N
     assert kube.on_target(["sh", "-c", f"grep -rl {volume_id} /var/lib/csi-iscsi/controller || true"]).strip() == ""
     saved = kube.on_target(["sh", "-c", f"grep -c {volume_id} /etc/rtslib-fb-target/saveconfig.json || true"])
     assert saved.strip() == "0", "volume still in the saved LIO config"
+
+
+def test_a_snapshot_restores_the_data_of_its_time_and_a_clone_copies_its_source(kube: Kube, ns: str) -> None:
+    """The kind pool is fileio without reflink: a copy is consistent only of a volume no node has,
+    so the writer is gone (and its VolumeAttachment) before the snapshot and the clone."""
+    node = kube.workers()[0]
+    kube.make_pvc(ns, "src", "1Gi")
+    kube.run_pod(ns, "writer", "src", node, WRITE)
+    pv = kube.wait_bound(ns, "src")
+    kube.wait_phase(ns, "writer", "Succeeded")
+    written = kube.logs(ns, "writer").strip()
+    kube.delete_pod(ns, "writer")
+    wait_for("volume detached", lambda: kube.va_count(pv) == 0)
+    kube.make_snapshot(ns, "snap", "src")
+    kube.wait_snapshot_ready(ns, "snap")
+    # Written after the snapshot: the restore must not see it; the clone, made after, must.
+    kube.run_pod(ns, "overwrite", "src", node, WRITE)
+    kube.wait_phase(ns, "overwrite", "Succeeded")
+    rewritten = kube.logs(ns, "overwrite").strip()
+    kube.delete_pod(ns, "overwrite")
+    wait_for("volume detached again", lambda: kube.va_count(pv) == 0)
+    kube.make_pvc_from(ns, "restored", "2Gi", "VolumeSnapshot", "snap")
+    kube.make_pvc_from(ns, "clone", "1Gi", "PersistentVolumeClaim", "src")
+    kube.run_pod(ns, "read-restored", "restored", node, "df -k /data | tail -n1 | awk '{print $2}'; " + READ)
+    kube.run_pod(ns, "read-clone", "clone", node, READ)
+    kube.wait_phase(ns, "read-restored", "Succeeded")
+    kube.wait_phase(ns, "read-clone", "Succeeded")
+    size_kib, restored = kube.logs(ns, "read-restored").split()
+    assert restored == written and rewritten != written
+    assert int(size_kib) > 1_800_000, f"the 2Gi restore kept the 1Gi filesystem: {size_kib} KiB"
+    assert kube.logs(ns, "read-clone").strip() == rewritten
+    kube.delete_snapshot(ns, "snap")
