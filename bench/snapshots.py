@@ -2,6 +2,7 @@
 
 Run in the testbed (a real controller over its socket; real LVM, ext4 and XFS):
     testbed/run -- python bench/snapshots.py [--sizes 1,8] [--fill 0.5]
+    testbed/run --memory 16000 -- python bench/snapshots.py --fill 0.25 --tmpfs 12g   # 8 GiB in tmpfs
 Pools: lvm-thin (thin snapshots), fileio on ext4 (a sparse copy of the data extents) and fileio on
 XFS with reflink=1 (a reflink). Each volume is first written with random data over `--fill` of
 its size, so a copy has that much to move. Prints a table and a JSON line; no timed asserts. Under
@@ -122,9 +123,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--sizes", default="1,8", help="volume sizes in GiB")
     p.add_argument("--fill", type=float, default=0.5, help="fraction of each volume written before the snapshot")
+    p.add_argument("--tmpfs", default="", help="a tmpfs of this size (e.g. 12g) for the pools, where the VM's "
+                   "own disk is too small for the copies (start the VM with more --memory)")
     args = p.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-snap-", dir="/var/tmp"))
+    if args.tmpfs:
+        sh("mount", "-t", "tmpfs", "-o", f"size={args.tmpfs}", "tmpfs", str(work))
     pool_gib = 4 * max(sizes) + 4  # the source, its snapshot, a restore and a clone, with room
     results = []
     for kind in ("lvm-thin", "fileio-ext4", "fileio-xfs-reflink"):
@@ -141,7 +146,9 @@ def main() -> int:
     for r in results:
         print(f"{r['pool']:<20} {r['size_gib']:>8} {r['data_gib']:>8} {r['snapshot_s']:>10} {r['restore_s']:>9} "
               f"{r['clone_s']:>8}")
-    print(json.dumps({"bench": "snapshots", "fill": args.fill, "results": results}))
+    print(json.dumps({"bench": "snapshots", "fill": args.fill, "tmpfs": args.tmpfs or None, "results": results}))
+    if args.tmpfs:
+        subprocess.run(["umount", str(work)], check=False)
     subprocess.run(["rm", "-rf", str(work)], check=False)
     os.sync()
     return 0
