@@ -38,6 +38,7 @@ def sh(*cmd: str) -> str:
 @contextmanager
 def lvm_pool(work: Path, gib: int) -> Iterator[tuple[str, Callable[[str], str]]]:
     image = work / "thin.img"
+    image.unlink(missing_ok=True)
     sh("truncate", "-s", f"{gib}G", str(image))
     loop = sh("losetup", "--find", "--show", str(image)).strip()
     vg = "benchsnap"
@@ -50,17 +51,19 @@ def lvm_pool(work: Path, gib: int) -> Iterator[tuple[str, Callable[[str], str]]]
         subprocess.run(["vgremove", "-q", "-f", vg], capture_output=True)
         subprocess.run(["pvremove", "-q", "-f", loop], capture_output=True)
         subprocess.run(["losetup", "-d", loop], capture_output=True)
+        image.unlink(missing_ok=True)
 
 
 @contextmanager
 def file_pool(work: Path, gib: int, fs: str) -> Iterator[tuple[str, Callable[[str], str]]]:
     image, mnt = work / f"{fs}.img", work / f"{fs}-mnt"
+    image.unlink(missing_ok=True)
     sh("truncate", "-s", f"{gib}G", str(image))
     if fs == "xfs":
         sh("mkfs.xfs", "-q", "-f", "-m", "reflink=1", str(image))
     else:
         sh("mkfs.ext4", "-q", "-F", str(image))
-    mnt.mkdir()
+    mnt.mkdir(exist_ok=True)
     sh("mount", "-o", "loop", str(image), str(mnt))
     pool = mnt / "pool"
     pool.mkdir()
@@ -68,6 +71,7 @@ def file_pool(work: Path, gib: int, fs: str) -> Iterator[tuple[str, Callable[[st
         yield f"name=p,type=fileio,path={pool},overprovision=4", lambda item: str(pool / f"{item}.img")
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+        image.unlink(missing_ok=True)
 
 
 def fill(path: str, size: int, fraction: float) -> None:
