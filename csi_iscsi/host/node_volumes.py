@@ -138,7 +138,7 @@ class NodeVolumes:
                                              "mounted on it")
                 if not made:
                     # Also when a retried stage finds it mounted: a crash may have come before the grow.
-                    self._grow_restored(volume_id, attachment.device, found, staging_path)
+                    self._grow_restored(volume_id, attachment.device, found, staging_path, mount_flags)
                 fault_point("stage.after_mount")
             self._states.put(replace(state, phase=STAGED))
         except BaseException:
@@ -149,17 +149,26 @@ class NodeVolumes:
             self._undo_stage(latest, mounted_here, known)
             raise
 
-    def _grow_restored(self, volume_id: str, device: str, fstype: str, staging_path: str) -> None:
+    def _grow_restored(self, volume_id: str, device: str, fstype: str, staging_path: str,
+                       mount_flags: list[str]) -> None:
         """A filesystem smaller than its device (made from a smaller snapshot or volume) is grown
-        before the stage answers, or the stage fails and is undone, and kubelet's retry tries
-        again: a volume staged at the wrong size would stay so, since a staged volume is not
-        looked at again. A read-only LUN is left at its size (grow_to_device skips it)."""
+        before the stage answers. A grow that timed out fails the stage, which is undone, and
+        kubelet's retry tries again. One the filesystem refuses (an ext4 with its error flag set,
+        say) would refuse every retry too: the volume is staged at its size, and the refusal is
+        logged. A read-only mount or LUN is left at its size."""
+        if "ro" in mount_flags:
+            return
         try:
             grown = self._fs.grow_to_device(device, fstype, staging_path)
-        except Exception as exc:
-            raise Internal(f"volume {volume_id}: its {fstype} filesystem is smaller than the device (made from a "
-                           f"smaller snapshot or volume) and growing it failed ({type(exc).__name__}: {exc}); "
-                           "the stage was undone, and kubelet's retry tries again") from exc
+        except CommandTimedOut as exc:
+            raise Internal(f"volume {volume_id}: growing its {fstype} filesystem to the device (it was made from a "
+                           f"smaller snapshot or volume) timed out ({exc}); the stage was undone, and kubelet's "
+                           "retry tries again") from exc
+        except CommandFailed as exc:
+            log.error("volume %s: its %s filesystem is smaller than the device (made from a smaller snapshot or "
+                      "volume) and the grow was refused (%s); staged at its present size. Check the filesystem "
+                      "(fsck), then NodeExpandVolume or a restage grows it", volume_id, fstype, exc)
+            return
         if grown:
             log.info("volume %s: its %s filesystem was smaller than the device (made from a smaller snapshot or "
                      "volume); grown to the device", volume_id, fstype)

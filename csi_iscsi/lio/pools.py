@@ -61,8 +61,11 @@ class Pool(Protocol):
     name: str
     kind: str
     online_expansion: bool
-    # True when a snapshot may have to copy the volume's bytes (long work; see LioTargetService).
-    copies_data: bool
+
+    @property
+    def copies_data(self) -> bool:
+        """True when a snapshot may have to copy the volume's bytes (long work; see LioTargetService)."""
+        ...
 
     def available_bytes(self, provisioned: Mapping[str, int], shared: Collection[str] = ()) -> int:
         """What a new volume, a growth or a snapshot may still take, given the provisioned size of
@@ -124,7 +127,6 @@ class FileioPool:
 
     kind = "fileio"
     online_expansion = False
-    copies_data = True
 
     def __init__(self, name: str, directory: Path, overprovision: float = 1.0, *,
                  preallocate: bool = False, reserve: int | None = None) -> None:
@@ -165,11 +167,14 @@ class FileioPool:
         return max(0, min(by_ratio, headroom - unclaimed))
 
     def _allocated(self, volume_id: str) -> int:
+        """The blocks an item holds, its copy in progress (`.part`) included: those have left the
+        filesystem's free space already."""
         for pool in (self, *self.siblings):
-            try:
-                return pool._path(volume_id).stat().st_blocks * 512
-            except FileNotFoundError:
-                continue
+            for path in (pool._path(volume_id), pool._partial(volume_id)):
+                try:
+                    return path.stat().st_blocks * 512
+                except FileNotFoundError:
+                    continue
         return 0
 
     def filesystem(self) -> int:
@@ -200,6 +205,11 @@ class FileioPool:
         remove_durably(self._path(volume_id))
 
     # Snapshots and clones ---------------------------------------------------------------------
+
+    @property
+    def copies_data(self) -> bool:
+        """A snapshot or clone here is a copy of the data (long), unless the filesystem reflinks."""
+        return not self.reflinks()
 
     def reflinks(self) -> bool:
         """Whether the pool's filesystem shares extents: asked once, with two scratch files. An

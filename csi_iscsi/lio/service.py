@@ -141,7 +141,7 @@ class LioTargetService:
         return self._records.page(start_after, limit)
 
     def available_bytes(self, pool: str) -> int:
-        target = self._pools[pool]
+        target = self._pool(pool)
         sharing = [pool, *(p.name for p in target.siblings)] if isinstance(target, FileioPool) else [pool]
         provisioned: dict[str, int] = {}
         shared: set[str] = set()
@@ -183,7 +183,7 @@ class LioTargetService:
             self._save(volume_id)
 
     def _export(self, record: VolumeRecord, fresh: bool = False) -> None:
-        self._export_lio(record, self._pools[record.pool].allocate(record.volume_id, record.capacity_bytes), fresh)
+        self._export_lio(record, self._pool(record.pool).allocate(record.volume_id, record.capacity_bytes), fresh)
 
     def _export_lio(self, record: VolumeRecord, backing: Backing, fresh: bool = False) -> None:
         serial = contract.unit_serial(record.volume_id)
@@ -211,7 +211,7 @@ class LioTargetService:
             source_kind, source_id = parse_content_source(spec.content_source)
             if source_kind:
                 self._source(spec.pool, source_kind, source_id)
-                self._pools[spec.pool].check_usage()
+                self._pool(spec.pool).check_usage()
             with self._capacity_lock:
                 available = self.available_bytes(spec.pool)
                 if spec.capacity_bytes > available:
@@ -267,7 +267,7 @@ class LioTargetService:
         return in_use
 
     def _allocate(self, record: VolumeRecord) -> Backing:
-        pool = self._pools[record.pool]
+        pool = self._pool(record.pool)
         kind, source_id = parse_content_source(record.content_source)
         if not kind:
             return pool.allocate(record.volume_id, record.capacity_bytes)
@@ -304,7 +304,7 @@ class LioTargetService:
             self._unexport(record.volume_id)
             self._saved.update(storage_objects={record.volume_id: None},
                                targets={self.target_iqn(record.volume_id): None})
-            self._pools[record.pool].release(record.volume_id)
+            self._pool(record.pool).release(record.volume_id)
             self._records.remove(record.volume_id)
         except Exception:
             log.exception("undoing the failed CreateVolume of %s left it half made; its record stays %s, and a "
@@ -328,7 +328,7 @@ class LioTargetService:
         fault_point("delete.after_lio")
         self._saved.update(storage_objects={volume_id: None}, targets={self.target_iqn(volume_id): None})
         fault_point("delete.after_save")
-        self._pools[record.pool].release(volume_id)
+        self._pool(record.pool).release(volume_id)
         fault_point("delete.after_pool")
         self._records.remove(volume_id)
 
@@ -428,7 +428,7 @@ class LioTargetService:
         record = self._ready(volume_id)
         if capacity_bytes <= record.capacity_bytes:
             return record
-        pool = self._pools[record.pool]
+        pool = self._pool(record.pool)
         self._refuse_while_copied(volume_id, "expanded")
         if record.grants and not pool.online_expansion:
             raise FailedPrecondition(
@@ -494,7 +494,7 @@ class LioTargetService:
                 raise FailedPrecondition(f"snapshot {snapshot_id} is being deleted; retry after DeleteSnapshot ends")
             return self._finish_snapshot(record, made_here=False)
         source = self._ready(source_volume_id)
-        self._pools[source.pool].check_usage()  # an LVM report: not under the lock every create takes
+        self._pool(source.pool).check_usage()  # an LVM report: not under the lock every create takes
         with self._capacity_lock:
             # A snapshot counts its full size against the pool (it may need all of it anew).
             available = self.available_bytes(source.pool)
@@ -694,7 +694,7 @@ class LioTargetService:
         """False, exporting nothing, when the volume's data is gone from its pool: LIO's fileio
         backstore would create an empty file in its place, and a node would take it for blank."""
         iqn = self.target_iqn(record.volume_id)
-        if not self._pools[record.pool].exists(record.volume_id):
+        if not self._pool(record.pool).exists(record.volume_id):
             log.error("reconcile: the data of volume %s is missing from pool %s", record.volume_id, record.pool)
             return False
         so_dump = None if so_ok else self._saved.storage_object(record.volume_id)

@@ -436,3 +436,40 @@ def test_a_filesystems_own_size_is_read_from_its_superblock(tmp_path: Path) -> N
         f.seek(0)
         assert filesystem_bytes(f.read(4096), "xfs") is None  # not the filesystem named
     assert filesystem_bytes(b"\0" * 4096, "ext4") is None
+
+
+def test_a_restored_filesystem_is_grown_only_where_it_may_be_and_a_refusal_still_stages() -> None:
+    """Review findings: a read-only mount is never grown (the grow would fail every retry); a grow
+    the filesystem refuses stages the volume at its size; one that timed out fails the stage."""
+    from csi_iscsi.base.runner import CommandFailed, CommandTimedOut
+    from csi_iscsi.host.node_volumes import NodeVolumes
+
+    calls: list[str] = []
+
+    class Fs:
+        outcome: BaseException | None = None
+
+        def grow_to_device(self, device: str, fstype: str, mountpoint: str) -> bool:
+            calls.append(device)
+            if self.outcome is not None:
+                raise self.outcome
+            return True
+
+    volumes = NodeVolumes.__new__(NodeVolumes)
+    fs = Fs()
+    volumes._fs = fs  # type: ignore[assignment]
+    volumes._grow_restored("csi-x", "/dev/dm-0", "ext4", "/stage", ["ro"])
+    assert calls == []
+    fs.outcome = CommandFailed(("resize2fs", "/dev/dm-0"), 1, "errors in the filesystem", ())
+    volumes._grow_restored("csi-x", "/dev/dm-0", "ext4", "/stage", [])  # logged, not raised
+    fs.outcome = CommandTimedOut(("resize2fs", "/dev/dm-0"), 600.0, ())
+    with pytest.raises(Exception, match="timed out"):
+        volumes._grow_restored("csi-x", "/dev/dm-0", "ext4", "/stage", [])
+
+
+def test_a_copy_in_progress_counts_what_it_has_written(tmp_path: Path) -> None:
+    from csi_iscsi.lio.pools import FileioPool
+
+    pool = FileioPool("p", tmp_path, overprovision=1.0, reserve=0)
+    (tmp_path / "snap-a.img.part").write_bytes(os.urandom(MiB))
+    assert pool._allocated("snap-a") >= MiB
