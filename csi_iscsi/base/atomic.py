@@ -29,7 +29,12 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Makes a rename or unlink in the directory durable."""
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
     finally:
@@ -43,11 +48,7 @@ def write_json_atomic(path: Path, value: Any, mode: int = 0o600) -> None:
 def remove_durably(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(path.parent)
 
 
 def remove_stale_temps(directory: Path, name: str = "*") -> None:

@@ -86,11 +86,3 @@ def sparse_copy(src: Path, dst: Path, cancel: threading.Event | None = None, lab
         finally:
             os.close(fd)
     return copied
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from csi_iscsi.base.atomic import remove_durably
+from csi_iscsi.base.atomic import fsync_dir, remove_durably
 from csi_iscsi.base.errors import (
     FailedPrecondition,
     Internal,
@@ -44,7 +44,7 @@ from csi_iscsi.base.errors import (
 )
 from csi_iscsi.base.runner import CommandFailed, Runner
 from csi_iscsi.contract import POOL_NAME_RE
-from csi_iscsi.lio.filecopy import fsync_dir, sparse_copy, try_reflink
+from csi_iscsi.lio.filecopy import sparse_copy, try_reflink
 
 GiB = 1024**3
 
