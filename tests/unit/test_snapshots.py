@@ -17,9 +17,8 @@ import pytest
 from csi_iscsi import contract
 from csi_iscsi.csi import csi_pb2
 from csi_iscsi.lio import filecopy, service
-from csi_iscsi.lio.pools import LvmThinPool, Pool
-from tests.fakes import FakeLvm, FakeRunner
 from tests.unit.test_controller import MiB, World, cap
+from tests.unit.test_controller_faults import LvmWorld
 
 CREATE_SNAPSHOT = csi_pb2.CreateSnapshotRequest
 
@@ -265,17 +264,7 @@ def test_snapshots_and_volumes_are_independent_in_every_delete_order(world: Worl
     assert not world.lio.storage_objects and not world.lio.targets
 
 
-# lvm-thin ------------------------------------------------------------------------------------------
-
-class LvmWorld(World):
-    def __init__(self, tmp: Path) -> None:
-        self.lvm = FakeLvm()
-        self.runner = FakeRunner(responders=[self.lvm.respond])
-        super().__init__(tmp)
-
-    def pools(self) -> dict[str, Pool]:
-        return {"thin": LvmThinPool("thin", self.runner, "vg0", "thin")}
-
+# lvm-thin (LvmWorld: the same fake volume group as the controller's fault tests) --------------------
 
 @pytest.fixture
 def lvm_world(tmp_path: Path) -> Iterator[LvmWorld]:
