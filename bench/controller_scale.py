@@ -1,4 +1,6 @@
-"""Create+Publish latency as the number of existing volumes grows (10, 100, 500 by default).
+"""Create+Publish latency as the number of existing volumes grows (10, 100, 500 by default), and
+the time of a whole ListVolumes (each entry with its condition checked in live LIO) and of a
+100-entry page at each level.
 
 Run in the testbed (it drives a real controller over its socket, on real LIO):
     testbed/run -- python bench/controller_scale.py [--levels 10,100,500] [--samples 10]
@@ -63,18 +65,27 @@ def main() -> int:
                 totals.append(c + pub)
                 ctl.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(volume_id=vid, node_id=NODE))
                 ctl.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=vid))
+            t0 = time.perf_counter()
+            listed = ctl.ListVolumes(csi_pb2.ListVolumesRequest(), timeout=600).entries
+            list_all = time.perf_counter() - t0
+            abnormal = sum(e.status.volume_condition.abnormal for e in listed)
+            t0 = time.perf_counter()
+            ctl.ListVolumes(csi_pb2.ListVolumesRequest(max_entries=100), timeout=600)
+            page = time.perf_counter() - t0
             results.append({"volumes": level, "create_ms": statistics.median(creates) * 1000,
                             "publish_ms": statistics.median(publishes) * 1000,
-                            "create_publish_ms": statistics.median(totals) * 1000, "fill_s": fill})
+                            "create_publish_ms": statistics.median(totals) * 1000, "fill_s": fill,
+                            "list_all_s": list_all, "list_page100_s": page, "abnormal": abnormal})
             print(f"  {level} volumes present (filled in {fill:.1f} s)", flush=True)
     subprocess.run(["rm", "-rf", str(work)], check=False)
     base = results[0]["create_publish_ms"]
     print(f"\nCreate+Publish, medians of {args.samples} (real LIO in the testbed VM, TCG)")
-    print(f"{'volumes':>8} {'create ms':>10} {'publish ms':>11} {'total ms':>9} {'vs first':>9}")
+    print(f"{'volumes':>8} {'create ms':>10} {'publish ms':>11} {'total ms':>9} {'vs first':>9} "
+          f"{'list all s':>11} {'page 100 s':>11} {'abnormal':>9}")
     for r in results:
         r["ratio"] = r["create_publish_ms"] / base
         print(f"{r['volumes']:>8} {r['create_ms']:>10.1f} {r['publish_ms']:>11.1f} {r['create_publish_ms']:>9.1f} "
-              f"{r['ratio']:>8.2f}x")
+              f"{r['ratio']:>8.2f}x {r['list_all_s']:>11.2f} {r['list_page100_s']:>11.2f} {r['abnormal']:>9}")
     print(json.dumps({"benchmark": "controller_scale", "results": results}))
     return 0
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 
 from csi_iscsi import __version__
 from csi_iscsi.base.errors import CsiIscsiError, FailedPrecondition
@@ -36,6 +36,7 @@ from csi_iscsi.host.node_volumes import NodeVolumes
 from csi_iscsi.host.readiness import node_ready
 from csi_iscsi.host.scsi import Scsi
 from csi_iscsi.host.stage_state import StageStateStore
+from csi_iscsi.lio.pool_metrics import PoolCollector
 from csi_iscsi.lio.pools import Pool, parse_pool_spec
 from csi_iscsi.lio.saveconfig import DEBIAN_SAVE_FILE, SavedConfig
 from csi_iscsi.lio.service import LioTargetService
@@ -182,6 +183,8 @@ def build_services(args: argparse.Namespace) -> Services:
         target = LioTargetService(pools, args.portal, args.state_dir / "controller", SavedConfig(args.saveconfig),
                                   args.target_iqn_prefix)
         target.reconcile()
+        if args.metrics_address:
+            REGISTRY.register(PoolCollector(target))
         checks.append(target.ready)
         controller = ControllerServicer(target, tuple(args.serve_zone) or (DEFAULT_ZONE,))
     if args.mode in ("node", "all"):

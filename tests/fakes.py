@@ -113,6 +113,28 @@ class FakeLio:
     def initiators(self, iqn: str) -> list[str]:
         return sorted(self.targets.get(iqn, {}).get("acls", {}))  # type: ignore[arg-type]
 
+    def export_faults(self, name: str, iqn: str, portals: list[str], chap: bool,
+                      grants: dict[str, bool]) -> list[str]:
+        target = self.targets.get(iqn)
+        if target is None:
+            missing = "" if name in self.storage_objects else f" and no storage object {name}"
+            return [f"LIO has no target {iqn}{missing}"]
+        faults = []
+        if bool(target.get("chap")) != chap:
+            faults.append(f"target {iqn} {'does not ask' if chap else 'asks'} for CHAP, unlike its volume record")
+        faults += [f"target {iqn} does not listen on portal {p}" for p in portals
+                   if p not in target["portals"]]  # type: ignore[operator]
+        if target.get("lun0") != name:
+            faults.append(f"target {iqn} has no LUN 0")
+        acls: dict[str, dict[str, object]] = target["acls"]  # type: ignore[assignment]
+        for initiator, readonly in sorted(grants.items()):
+            acl = acls.get(initiator.lower())
+            if acl is None:
+                faults.append(f"no ACL lets {initiator} in, though the volume is published to it")
+            elif acl["readonly"] != readonly:
+                faults.append(f"the ACL of {initiator} is {'writable' if readonly else 'read-only'}")
+        return faults
+
     def dump(self, storage_object: str, iqn: str) -> tuple[dict[str, object] | None, dict[str, object] | None]:
         so = self.storage_objects.get(storage_object)
         target = self.targets.get(iqn)

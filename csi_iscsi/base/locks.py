@@ -26,3 +26,20 @@ class VolumeLocks:
         finally:
             with self._guard:
                 del self._busy[volume_id]
+
+    @contextmanager
+    def try_hold(self, volume_id: str, operation: str) -> Iterator[bool]:
+        """Like hold, but yields False instead of raising when the volume is busy: for reads that
+        would see a call's half-done work and can as well say "later"."""
+        with self._guard:
+            busy = volume_id in self._busy
+            if not busy:
+                self._busy[volume_id] = operation
+        if busy:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with self._guard:
+                del self._busy[volume_id]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,48 @@ class Lio:
             return True
         except (NotFound, rts.RTSLibNotInCFS):
             return False
+
+    def export_faults(self, name: str, iqn: str, portals: list[str], chap: bool,
+                      grants: Mapping[str, bool]) -> list[str]:
+        """What live LIO lacks of one volume's export, in words an operator can act on: the
+        target, its portal group enabled with the expected portals and authentication, LUN 0 over
+        the volume's storage object, and an ACL mapping LUN 0 (write-protected or not) for each
+        granted initiator (initiator -> readonly). Reads only; never the CHAP secrets."""
+        rts = self._rts
+        try:
+            tpg = self._tpg(iqn)
+        except NotFound:
+            return [f"LIO has no target {iqn}"
+                    + ("" if self._locate(name, thorough=True) else f" and no storage object {name}")]
+        faults = []
+        if not tpg.enable:
+            faults.append(f"target {iqn} is disabled")
+        if (tpg.get_attribute("authentication") == "1") != chap:
+            faults.append(f"target {iqn} {'does not ask' if chap else 'asks'} for CHAP, unlike its volume record")
+        live = {(p.ip_address.strip("[]"), p.port) for p in tpg.network_portals}
+        for portal in portals:
+            if _split_portal(portal) not in live:
+                faults.append(f"target {iqn} does not listen on portal {portal}")
+        try:
+            so_name = rts.LUN(tpg, LUN_INDEX).storage_object.name
+            if so_name != name:
+                faults.append(f"target {iqn} exports {so_name} as LUN {LUN_INDEX}, not {name}")
+        except (rts.RTSLibNotInCFS, rts.RTSLibError):
+            faults.append(f"target {iqn} has no LUN {LUN_INDEX}"
+                          + ("" if self._locate(name, thorough=True) else f" and LIO no storage object {name}"))
+        acls = {acl.node_wwn: acl for acl in tpg.node_acls}
+        for initiator, readonly in sorted(grants.items()):
+            acl = acls.get(initiator.lower())
+            if acl is None:
+                faults.append(f"no ACL lets {initiator} in, though the volume is published to it")
+                continue
+            mapped = {m.mapped_lun: m for m in acl.mapped_luns}
+            if LUN_INDEX not in mapped:
+                faults.append(f"the ACL of {initiator} maps no LUN {LUN_INDEX}")
+            elif bool(mapped[LUN_INDEX].write_protect) != readonly:
+                faults.append(f"the ACL of {initiator} is {'writable' if readonly else 'read-only'}, "
+                              f"though the volume is published to it {'read-only' if readonly else 'writable'}")
+        return faults
 
     def initiators(self, iqn: str) -> list[str]:
         try:

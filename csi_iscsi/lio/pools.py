@@ -57,6 +57,16 @@ class Backing:
     path: str
 
 
+@dataclass(frozen=True)
+class PoolUsage:
+    """What the pool's storage holds, as its own tools report it (for metrics): the filesystem of a
+    fileio pool (shared with whatever else lives there), or the thin pool of an lvm-thin one."""
+    size_bytes: int
+    used_bytes: int
+    data_percent: float | None = None  # thin pools only
+    metadata_percent: float | None = None
+
+
 class Pool(Protocol):
     name: str
     kind: str
@@ -81,6 +91,13 @@ class Pool(Protocol):
     def exists(self, volume_id: str) -> bool: ...
     def grow(self, volume_id: str, size: int) -> None: ...
     def release(self, volume_id: str) -> None: ...
+
+    def present(self, item_ids: Collection[str]) -> set[str]:
+        """Those of item_ids whose data the pool holds, from one listing of the pool (ListVolumes
+        asks this for a whole page)."""
+        ...
+
+    def usage_now(self) -> PoolUsage: ...
 
     def check_usage(self) -> None:
         """Raises ResourceExhausted when the pool is too full for new shared blocks (snapshots,
@@ -195,6 +212,14 @@ class FileioPool:
 
     def exists(self, volume_id: str) -> bool:
         return self._path(volume_id).exists()
+
+    def present(self, item_ids: Collection[str]) -> set[str]:
+        names = set(os.listdir(self.directory))
+        return {i for i in item_ids if self._path(i).name in names}
+
+    def usage_now(self) -> PoolUsage:
+        st = os.statvfs(self.directory)
+        return PoolUsage(st.f_blocks * st.f_frsize, (st.f_blocks - st.f_bfree) * st.f_frsize)
 
     def grow(self, volume_id: str, size: int) -> None:
         self.allocate(volume_id, size)
@@ -346,6 +371,17 @@ class LvmThinPool:
 
     def exists(self, volume_id: str) -> bool:
         return self.lv_size(volume_id) is not None
+
+    def present(self, item_ids: Collection[str]) -> set[str]:
+        names = set(self._runner.run(["lvs", "--noheadings", "-o", "lv_name", self.vg], timeout=30).stdout.split())
+        return set(item_ids) & names
+
+    def usage_now(self) -> PoolUsage:
+        size = self.lv_size(self.thinpool)
+        if size is None:
+            raise Unavailable(f"thin pool {self.vg}/{self.thinpool} of pool {self.name} does not exist")
+        data, metadata = self.usage()
+        return PoolUsage(size, int(size * data / 100), data, metadata)
 
     def grow(self, volume_id: str, size: int) -> None:
         current = self.lv_size(volume_id)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -65,7 +66,7 @@ from csi_iscsi.lio.api import (
 )
 from csi_iscsi.lio.copies import Copies
 from csi_iscsi.lio.objects import CONFIGFS, Lio
-from csi_iscsi.lio.pools import Backing, FileioPool, Pool, Reservations
+from csi_iscsi.lio.pools import Backing, FileioPool, Pool, PoolUsage, Reservations
 from csi_iscsi.lio.records import RecordStore
 from csi_iscsi.lio.saveconfig import SavedConfig
 from csi_iscsi.lio.snapshot_records import SnapshotStore
@@ -608,6 +609,52 @@ class LioTargetService:
         if record is None or record.state != READY:
             raise NotFound(f"volume {volume_id} does not exist")
         return record
+
+    # Health --------------------------------------------------------------------------------------
+
+    def present(self, records: Sequence[VolumeRecord]) -> dict[str, bool | str]:
+        """For each record, whether its pool holds its data (one listing per pool), or why that
+        could not be told."""
+        found: dict[str, bool | str] = {}
+        by_pool: dict[str, list[str]] = {}
+        for record in records:
+            by_pool.setdefault(record.pool, []).append(record.volume_id)
+        for name, ids in by_pool.items():
+            try:
+                held = self._pool(name).present(ids)
+                found.update({i: i in held for i in ids})
+            except Exception as exc:  # one pool that cannot be read leaves the others' answers
+                found.update({i: f"pool {name} could not be listed ({type(exc).__name__}: {exc})" for i in ids})
+        return found
+
+    def faults(self, record: VolumeRecord, listed: bool | str | None = None) -> list[str]:
+        """What is wrong with a ready volume's export now, in words an operator can act on; empty
+        when nothing is. listed: what present() said of it (None: ask the pool). A volume the
+        listing missed is asked again, alone: a listing races with calls on other volumes."""
+        faults = []
+        if listed is not True:
+            try:
+                listed = self._pool(record.pool).exists(record.volume_id)
+            except Exception as exc:
+                listed = f"pool {record.pool} could not be asked ({type(exc).__name__}: {exc})"
+        if isinstance(listed, str):
+            faults.append(listed)
+        elif not listed:
+            faults.append(f"its data is missing from pool {record.pool}; LIO may still serve a deleted file or LV, "
+                          "which a restart of LIO loses")
+        iqn = self.target_iqn(record.volume_id)
+        grants = {n.initiator_iqn: g.readonly for node_id, g in record.grants.items() if (n := NodeId.parse(node_id))}
+        with self._lio_lock:
+            faults += self._lio.export_faults(record.volume_id, iqn, self.portals, record.authentication != "none",
+                                              grants)
+        return faults
+
+    def pool_figures(self, name: str) -> tuple[PoolUsage, int, int]:
+        """A pool's usage, the bytes its volumes and snapshots were promised, and what GetCapacity
+        would offer now."""
+        usage = self._pool(name).usage_now()
+        provisioned = sum(self._records.capacities(name).values()) + sum(self._snapshots.sizes(name).values())
+        return usage, provisioned, self.available_bytes(name)
 
     # Start-up ------------------------------------------------------------------------------------
 

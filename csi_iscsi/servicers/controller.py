@@ -3,6 +3,7 @@ themselves are the target backend's (csi_iscsi.lio.api.TargetBackend)."""
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 
 import grpc
@@ -47,13 +48,15 @@ from csi_iscsi.lio.api import (
 from csi_iscsi.topology import accessible_zones, topologies
 from csi_iscsi.volume_capabilities import READONLY_MODES, check_all, check_one, is_single_node, mode_allowed
 
+log = logging.getLogger(__name__)
+
 DEFAULT_SIZE = 1024 * 1024 * 1024
 
 Cap = csi_pb2.ControllerServiceCapability.RPC
 CAPABILITIES = [
     Cap.CREATE_DELETE_VOLUME, Cap.PUBLISH_UNPUBLISH_VOLUME, Cap.LIST_VOLUMES, Cap.GET_CAPACITY,
     Cap.PUBLISH_READONLY, Cap.EXPAND_VOLUME, Cap.LIST_VOLUMES_PUBLISHED_NODES, Cap.SINGLE_NODE_MULTI_WRITER,
-    Cap.CREATE_DELETE_SNAPSHOT, Cap.LIST_SNAPSHOTS, Cap.CLONE_VOLUME,
+    Cap.CREATE_DELETE_SNAPSHOT, Cap.LIST_SNAPSHOTS, Cap.CLONE_VOLUME, Cap.GET_VOLUME, Cap.VOLUME_CONDITION,
 ]
 
 
@@ -163,6 +166,25 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
                 raise NotFound(f"snapshot {quoted(source_id)} does not exist")
             return snapshot.size_bytes
         return self._record(source_id).capacity_bytes
+
+    def _condition(self, record: VolumeRecord, listed: bool | str | None = None) -> csi_pb2.VolumeCondition:
+        """The volume's condition as the external-health-monitor reports it on the PVC. Checked
+        under the volume's lock, so a publish or expand in flight is never taken for a fault."""
+        with self._locks.try_hold(record.volume_id, "a condition check") as held:
+            if not held:
+                return csi_pb2.VolumeCondition(abnormal=False, message="a call on the volume is in progress; "
+                                                                       "its condition is checked at the next look")
+            current = self._target.get(record.volume_id)
+            if current is None or current.state != READY:
+                return csi_pb2.VolumeCondition(abnormal=False, message="the volume is being deleted")
+            if current != record:
+                listed = None  # changed since the listing: ask the pool again
+            try:
+                faults = self._target.faults(current, listed)
+            except Exception as exc:
+                log.exception("checking the condition of volume %s", record.volume_id)
+                faults = [f"its condition could not be checked ({type(exc).__name__}: {exc})"]
+        return csi_pb2.VolumeCondition(abnormal=bool(faults), message="; ".join(faults))
 
     def _record(self, volume_id: str) -> VolumeRecord:
         record = self._target.get(volume_id) if contract.is_volume_id(volume_id) else None
@@ -316,11 +338,23 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         if request.starting_token and not contract.is_volume_id(request.starting_token):
             raise Aborted(f"starting_token {quoted(request.starting_token)} is not one this driver issued")
         records, token = self._target.page(request.starting_token, request.max_entries)
+        listed = self._target.present(records)
         entries = [csi_pb2.ListVolumesResponse.Entry(
             volume=self._volume(r),
-            status=csi_pb2.ListVolumesResponse.VolumeStatus(published_node_ids=sorted(r.grants)))
+            status=csi_pb2.ListVolumesResponse.VolumeStatus(published_node_ids=sorted(r.grants),
+                                                            volume_condition=self._condition(r, listed[r.volume_id])))
             for r in records]
         return csi_pb2.ListVolumesResponse(entries=entries, next_token=token)
+
+    def ControllerGetVolume(self, request: csi_pb2.ControllerGetVolumeRequest,
+                            context: grpc.ServicerContext) -> csi_pb2.ControllerGetVolumeResponse:
+        if not request.volume_id:
+            raise InvalidArgument("volume_id is required")
+        record = self._record(request.volume_id)
+        return csi_pb2.ControllerGetVolumeResponse(
+            volume=self._volume(record),
+            status=csi_pb2.ControllerGetVolumeResponse.VolumeStatus(published_node_ids=sorted(record.grants),
+                                                                    volume_condition=self._condition(record)))
 
     def GetCapacity(self, request: csi_pb2.GetCapacityRequest,
                     context: grpc.ServicerContext) -> csi_pb2.GetCapacityResponse:

@@ -68,13 +68,35 @@ SNAPSHOT_SCHEMAS: dict[str, dict[str, Any]] = {
                            "properties": {"persistentVolumeClaimName": {"type": "string"},
                                           "volumeSnapshotContentName": {"type": "string"}}}}}}},
 }
+# The Prometheus Operator's PrometheusRule (monitoring.coreos.com/v1), also a CRD: the fields of its
+# schema that deploy/examples/prometheusrule.yaml uses.
+_RULE = {"type": "object", "required": ["expr"], "additionalProperties": False, "properties": {
+    "alert": {"type": "string"}, "record": {"type": "string"}, "expr": {"type": "string"},
+    "for": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?"
+                                         "(([0-9]+)s)?(([0-9]+)ms)?)$"},
+    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    "annotations": {"type": "object", "additionalProperties": {"type": "string"}}}}
+_GROUP = {"type": "object", "required": ["name", "rules"], "additionalProperties": False,
+          "properties": {"name": {"type": "string"}, "interval": {"type": "string"},
+                         "rules": {"type": "array", "items": _RULE}}}
+CRD_SCHEMAS: dict[str, dict[str, Any]] = {
+    **SNAPSHOT_SCHEMAS,
+    "PrometheusRule": {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PrometheusRule"},
+            "metadata": _METADATA,
+            "spec": {"type": "object", "additionalProperties": False, "properties": {"groups": {
+                "type": "array", "items": _GROUP}}}}},
+}
+CRD_GROUPS = ("snapshot.storage.k8s.io/", "monitoring.coreos.com/")
 
 
 @pytest.mark.parametrize("path", shipped_manifests(), ids=lambda p: str(p.relative_to(REPO)))
 def test_deploy_validates_against_kubernetes_schemas(path: Path) -> None:
     for doc in load_all(path):
-        if doc.get("apiVersion", "").startswith("snapshot.storage.k8s.io/"):
-            jsonschema.validate(doc, SNAPSHOT_SCHEMAS[doc["kind"]])
+        if doc.get("apiVersion", "").startswith(CRD_GROUPS):
+            jsonschema.validate(doc, CRD_SCHEMAS[doc["kind"]])
             continue
         for version in K8S_VERSIONS:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -164,9 +186,10 @@ def test_deploy_uses_the_chart_defaults() -> None:
     values = default_values()
     docs = {(d["kind"], d["metadata"]["name"]): d for d in load_all(DEPLOY / "csi-iscsi.yaml")}
     images = {img for d in docs.values() for img in _pod_images(d)}
-    # deploy/ is for a cluster without the snapshot API: no csi-snapshotter (its enabled is auto).
+    # deploy/ is for a cluster without the snapshot API: no csi-snapshotter (its enabled is auto),
+    # and no health monitor (off by default).
     expected = {f"{s['repository']}:{s['tag']}" for s in values["sidecars"].values()
-                if isinstance(s, dict) and "repository" in s and s.get("enabled", True) != "auto"}
+                if isinstance(s, dict) and "repository" in s and s.get("enabled", True) is True}
     assert expected | {OWN_IMAGE} == images
     assert ("CSIDriver", values["driverName"]) in docs
     assert {d["metadata"].get("labels", {}).get("app.kubernetes.io/version") for d in docs.values()} == {__version__}

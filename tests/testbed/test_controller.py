@@ -349,3 +349,94 @@ def test_zones_constrain_where_volumes_are_made_and_said_to_be_reachable(env: di
         assert capacity("rack-a") > 0 and abs(capacity("rack-a") - capacity("rack-b")) < 64 * MiB
         assert capacity("rack-c") == 0
         delete(plugin, volume.volume_id)
+
+
+def test_volume_condition_names_what_was_broken_behind_the_controller(env: dict[str, Path],
+                                                                      initiator_iqn: str) -> None:
+    """ControllerGetVolume and ListVolumes read real LIO: a healthy CHAP volume, a read-only
+    publish and an unpublished one are normal; an ACL, a portal, a write protection and a backing
+    file broken by hand are each named; a publish again mends the ACL."""
+    from rtslib_fb import NodeACL, RTSRoot
+
+    me = NodeId("testbed", initiator_iqn)
+    with start(env) as plugin:
+        chap = create(plugin, "pvc-cond-chap", authentication="chap").volume_id
+        ro, idle = create(plugin, "pvc-cond-ro").volume_id, create(plugin, "pvc-cond-idle").volume_id
+        publish(plugin, chap, me, {"chapUser": "cond-user", "chapPassword": "cond-password-1"})
+        publish(plugin, ro, me, readonly=True)
+
+        def conditions() -> dict[str, csi_pb2.VolumeCondition]:
+            listed = plugin.controller.ListVolumes(csi_pb2.ListVolumesRequest(), timeout=60).entries
+            got = {e.volume.volume_id: e.status.volume_condition for e in listed}
+            for vid, condition in got.items():
+                assert plugin.controller.ControllerGetVolume(csi_pb2.ControllerGetVolumeRequest(
+                    volume_id=vid), timeout=60).status.volume_condition == condition
+            return got
+
+        assert {v: (c.abnormal, c.message) for v, c in conditions().items()} == \
+            {chap: (False, ""), ro: (False, ""), idle: (False, "")}
+
+        root = RTSRoot()
+        targets = {t.wwn: t for t in root.targets}
+        tpg_chap = next(targets[contract.target_iqn(chap)].tpgs)
+        NodeACL(tpg_chap, initiator_iqn, mode="lookup").delete()
+        tpg_ro = next(targets[contract.target_iqn(ro)].tpgs)
+        next(NodeACL(tpg_ro, initiator_iqn, mode="lookup").mapped_luns).write_protect = False
+        tpg_idle = next(targets[contract.target_iqn(idle)].tpgs)
+        next(tpg_idle.network_portals).delete()
+        (env["pool"] / f"{idle}.img").unlink()
+
+        got = conditions()
+        print({v: c.message for v, c in got.items()})
+        assert got[chap].abnormal and f"no ACL lets {initiator_iqn} in" in got[chap].message
+        assert got[ro].abnormal and f"the ACL of {initiator_iqn} is writable" in got[ro].message
+        assert got[idle].abnormal and "does not listen on portal" in got[idle].message
+        assert "its data is missing from pool default" in got[idle].message
+        assert "cond-password-1" not in env["log"].read_text()
+
+        publish(plugin, chap, me, {"chapUser": "cond-user", "chapPassword": "cond-password-1"})
+        assert not conditions()[chap].abnormal
+        for vid in (chap, ro):
+            unpublish(plugin, vid, me)
+        for vid in (chap, ro, idle):
+            delete(plugin, vid)
+
+
+def test_pool_metrics_scraped_match_lvm_and_get_capacity(env: dict[str, Path], thin_vg: str) -> None:
+    """The controller's /metrics, scraped over HTTP: the thin pool's size and use are what lvs
+    says, provisioned bytes count the volumes, available is GetCapacity's answer."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    pools = [f"name=thin,type=lvm-thin,vg={thin_vg},thinpool=thin"]
+    args = [*controller_args(env["state"], pools, SAVEFILE), "--metrics-address", "127.0.0.1:19090"]
+    with running(args, env["sock"], env["log"]) as plugin:
+        vid = create(plugin, "pvc-metrics", 64 * MiB, pool="thin").volume_id
+        with open(f"/dev/{thin_vg}/{vid}", "r+b") as dev:  # take thin pool blocks
+            dev.write(os.urandom(16 * MiB))
+            os.fsync(dev.fileno())
+        create(plugin, "pvc-metrics-2", 32 * MiB, pool="thin")
+        text = urllib.request.urlopen("http://127.0.0.1:19090/metrics", timeout=30).read().decode()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        lvs = subprocess.run(["lvs", "--noheadings", "--units", "b", "--nosuffix", "-o",
+                              "lv_size,data_percent,metadata_percent", f"{thin_vg}/thin"],
+                             capture_output=True, text=True, check=True).stdout.split()
+        size, data, metadata = int(lvs[0]), float(lvs[1]), float(lvs[2])
+        labels = (("pool", "thin"), ("type", "lvm-thin"))
+        print({k: v for k, v in samples.items() if k[0].startswith(("csi_iscsi_pool", "csi_iscsi_thin"))})
+        assert samples[("csi_iscsi_pool_size_bytes", labels)] == size
+        assert samples[("csi_iscsi_thin_pool_data_percent", (("pool", "thin"),))] == pytest.approx(data, abs=0.5)
+        assert data > 0
+        assert samples[("csi_iscsi_thin_pool_metadata_percent", (("pool", "thin"),))] == \
+            pytest.approx(metadata, abs=0.5)
+        assert samples[("csi_iscsi_pool_provisioned_bytes", labels)] == 96 * MiB
+        capacity = plugin.controller.GetCapacity(csi_pb2.GetCapacityRequest(parameters={"pool": "thin"}))
+        assert samples[("csi_iscsi_pool_available_bytes", labels)] == capacity.available_capacity
+        assert samples[("csi_iscsi_pool_scrape_error", (("pool", "thin"),))] == 0
+        assert any(name == "csi_iscsi_rpc_duration_seconds_count" and dict(lab).get("method", "").endswith(
+            "CreateVolume") for name, lab in samples)
+        for entry in plugin.controller.ListVolumes(csi_pb2.ListVolumesRequest(), timeout=60).entries:
+            assert not entry.status.volume_condition.abnormal, entry
+            delete(plugin, entry.volume.volume_id)
