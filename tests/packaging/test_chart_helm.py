@@ -353,3 +353,32 @@ def test_the_snapshotter_serves_snapshots_with_its_rbac_and_an_optional_class(he
     # The sum of the sidecars' calls in flight still fits the plugin's workers.
     out = helm("template", "csi-iscsi", str(CHART), *snapshot_api, "--set", "controller.workers.snapshotter=2")
     assert out.returncode != 0 and "snapshotter 2" in out.stderr
+
+
+def test_the_health_monitor_is_optional_and_reads_volume_conditions_with_its_rbac(helm: Helm) -> None:
+    def render_with(*args: str) -> list[dict[str, Any]]:
+        out = helm("template", "csi-iscsi", str(CHART), *args)
+        assert out.returncode == 0, out.stderr
+        return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+    def granted(docs: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        rules = next(d for d in docs if d["kind"] == "ClusterRole")["rules"]
+        return {(r, v) for rule in rules for r in rule["resources"] for v in rule["verbs"]}
+
+    off = render_with()
+    names = [c["name"] for c in next(d for d in off if d["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"]]
+    assert "csi-external-health-monitor-controller" not in names
+    assert ("events", "get") not in granted(off)
+    on = render_with("--set", "sidecars.healthMonitor.enabled=true", "--set",
+                     "sidecars.healthMonitor.listVolumesInterval=2m")
+    monitor = _container(on, "Deployment", "csi-external-health-monitor-controller")
+    assert monitor["image"] == "registry.k8s.io/sig-storage/csi-external-health-monitor-controller:v0.18.0"
+    assert {"--csi-address=/csi/csi.sock", "--list-volumes-interval=2m", "--timeout=60s",
+            "--leader-election=true"} <= set(monitor["args"])
+    # What v0.18 reads and writes: PVs, PVCs, nodes and pods; Events it creates and reads back.
+    assert {("persistentvolumes", "watch"), ("persistentvolumeclaims", "watch"), ("nodes", "get"), ("pods", "get"),
+            ("events", "get"), ("events", "create"), ("events", "patch")} <= granted(on)
+    out = helm("template", "csi-iscsi", str(CHART), "--set", "sidecars.healthMonitor.enabled=true",
+               "--set", "controller.workers.plugin=11")
+    assert out.returncode != 0 and "health monitor 1" in out.stderr
