@@ -32,6 +32,7 @@ from csi_iscsi.host.initiator import DEFAULT_FILE, read_initiator_name
 from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
 from csi_iscsi.host.mounts import MountTable
 from csi_iscsi.host.multipath import Multipath
+from csi_iscsi.host.node_metrics import NodePathCollector
 from csi_iscsi.host.node_volumes import NodeVolumes
 from csi_iscsi.host.readiness import node_ready
 from csi_iscsi.host.scsi import Scsi
@@ -196,6 +197,8 @@ def build_services(args: argparse.Namespace) -> Services:
             return identity, _node_volumes(args, runner, identity)
         deferred = DeferredNode(make_node)
         node = NodeServicer(deferred)
+        if args.metrics_address:
+            REGISTRY.register(NodePathCollector(lambda: deferred.get()[1].path_health()))
         checks.append(deferred.ready)
         checks.append(lambda: node_ready(runner, multipath_mode=args.multipath))
 

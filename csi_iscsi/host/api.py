@@ -29,6 +29,15 @@ class VolumeStats:
     message: str
 
 
+@dataclass(frozen=True)
+class PathHealth:
+    volume_id: str
+    portals: int  # the paths the volume was staged with
+    active: int
+    down: int
+    abnormal: bool  # what NodeGetVolumeStats would report
+
+
 class NodeBackend(Protocol):
     def stage(self, volume_id: str, target: TargetInfo, staging_path: str, access_type: str, fs_type: str,
               mount_flags: list[str], chap: Chap | None) -> None: ...
@@ -38,3 +47,4 @@ class NodeBackend(Protocol):
     def unpublish(self, target_path: str) -> None: ...
     def expand(self, volume_id: str, volume_path: str, required_bytes: int = 0) -> int: ...
     def stats(self, volume_id: str, volume_path: str) -> VolumeStats: ...
+    def path_health(self) -> list[PathHealth]: ...

@@ -277,13 +277,17 @@ class Multipath:
 
     def path_states(self, wwid: str) -> list[PathState]:
         """multipathd's view of the map's paths. Raises CommandFailed if multipathd cannot answer."""
+        return self.all_path_states().get(wwid, [])
+
+    def all_path_states(self) -> dict[str, list[PathState]]:
+        """multipathd's view of every path, by WWID, from one call."""
         out = self._runner.run([MULTIPATHD, "show", "paths", "raw", "format", "%w %d %t %T"], timeout=10).stdout
-        states = []
+        states: dict[str, list[PathState]] = {}
         for line in out.splitlines():
             # The checker state may hold a space ("i/o pending"): it is the rest of the line.
             fields = line.split(maxsplit=3)
-            if len(fields) == 4 and fields[0] == wwid:
-                states.append(PathState(fields[1], fields[2], fields[3].strip()))
+            if len(fields) == 4:
+                states.setdefault(fields[0], []).append(PathState(fields[1], fields[2], fields[3].strip()))
         return states
 
     def size_bytes(self, wwid: str) -> int:

@@ -25,12 +25,12 @@ from csi_iscsi.base.errors import (
 from csi_iscsi.base.faults import fault_point
 from csi_iscsi.base.runner import CommandFailed, CommandTimedOut, Runner
 from csi_iscsi.chap import Chap
-from csi_iscsi.host.api import TargetInfo, VolumeStats
+from csi_iscsi.host.api import PathHealth, TargetInfo, VolumeStats
 from csi_iscsi.host.attach import Attacher, Attachment
 from csi_iscsi.host.filesystem import Filesystems
 from csi_iscsi.host.iscsiadm import Iscsiadm
 from csi_iscsi.host.mounts import Mount
-from csi_iscsi.host.multipath import Multipath
+from csi_iscsi.host.multipath import Multipath, PathState
 from csi_iscsi.host.scsi import Scsi
 from csi_iscsi.host.stage_state import ATTACHING, STAGED, UNSTAGING, StageState, StageStateStore
 
@@ -410,22 +410,45 @@ class NodeVolumes:
         except OSError:
             return 0
 
-    def _condition(self, state: StageState) -> tuple[bool, str]:
+    def _bad_paths(self, state: StageState, paths: list[PathState]) -> list[PathState]:
+        # A path multipathd has with dm state "undef" and that is not under the map is an orphan
+        # (left out of it, e.g. after a failed reload): it carries none of the volume's I/O. One
+        # under the map is only not synced yet.
+        assert self._multipath is not None
+        slaves = set(self._multipath.slaves(state.wwid))
+        return [p for p in paths if p.down or (p.dm_state == "undef" and p.device not in slaves)]
+
+    def path_health(self) -> list[PathHealth]:
+        """Every staged volume's paths and condition, from one multipathd call for all (metrics)."""
+        states = [s for s in self._states.all() if s.phase == STAGED]
+        every: dict[str, list[PathState]] | None = None
+        if self._multipath is not None and any(self._on_map(s) for s in states):
+            every = self._multipath.all_path_states()  # raises: the scrape says it could not tell
+        health = []
+        for state in states:
+            abnormal, _ = self._condition(state, every)
+            if every is not None and self._on_map(state):
+                paths = every.get(state.wwid, [])
+                down = len(self._bad_paths(state, paths))
+                active = len(paths) - down
+            else:
+                active, down = (1, 0) if os.path.exists(state.device) else (0, 1)
+            health.append(PathHealth(state.volume_id, len(state.portals), active, down, abnormal))
+        return health
+
+    def _condition(self, state: StageState,
+                   every: dict[str, list[PathState]] | None = None) -> tuple[bool, str]:
         if not os.path.exists(state.device):
             return True, f"device {state.device} is gone"
         if self._multipath is None or not self._on_map(state):
             return False, "single path, device present"
         try:
-            paths = self._multipath.path_states(state.wwid)
+            paths = every.get(state.wwid, []) if every is not None else self._multipath.path_states(state.wwid)
         except (CommandFailed, CommandTimedOut) as exc:
             return True, f"multipathd cannot report paths: {exc}"
         if not paths:
             return True, "multipathd reports no paths for the volume"
-        # A path multipathd has with dm state "undef" and that is not under the map is an orphan
-        # (left out of it, e.g. after a failed reload): it carries none of the volume's I/O. One
-        # under the map is only not synced yet.
-        slaves = set(self._multipath.slaves(state.wwid))
-        bad = [str(p) for p in paths if p.down or (p.dm_state == "undef" and p.device not in slaves)]
+        bad = [str(p) for p in self._bad_paths(state, paths)]
         if bad:
             return True, f"{len(bad)} of {len(paths)} paths are down: {', '.join(bad)}"
         if len(paths) < len(state.portals):

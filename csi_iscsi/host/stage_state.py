@@ -50,6 +50,20 @@ class StageStateStore:
         known = {f.name for f in fields(StageState)}
         return StageState(**{k: v for k, v in value.items() if k in known})
 
+    def all(self) -> list[StageState]:
+        """Every readable state, by volume id; one that cannot be parsed is left out (get says why)."""
+        states = []
+        for path in sorted(self._dir.glob("*.json")):
+            if not is_volume_id(path.stem):
+                continue
+            try:
+                state = self.get(path.stem)
+            except (ValueError, TypeError):
+                continue
+            if state is not None:
+                states.append(state)
+        return states
+
     def put(self, state: StageState) -> None:
         write_json_atomic(self._path(state.volume_id), asdict(state))
 

@@ -26,6 +26,24 @@ from .plugins import PORTALS, MiB, Plugin, Stubs, block_cap, controller_args, mo
 
 NODE_ARGS = ["node", "--node-name", "testbed", "--replacement-timeout", "5", "--noop-interval", "2",
              "--noop-timeout", "2", "--login-timeout", "5"]
+NODE_METRICS_PORT = 19091
+
+
+def scrape_paths(volume_id: str) -> dict[str, float]:
+    """The node plugin's path metrics for one volume, over HTTP as Prometheus reads them."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{NODE_METRICS_PORT}/metrics", timeout=30).read().decode()
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels.get("volume_id") == volume_id:
+                found[s.name + (f"/{s.labels['state']}" if "state" in s.labels else "")] = s.value
+            elif s.name == "csi_iscsi_node_scrape_error":
+                found[s.name] = s.value
+    return found
 
 
 @dataclass
@@ -86,7 +104,8 @@ def cluster(tmp_path: Path, initiator_iqn: str) -> Iterator[Cluster]:
             controller_args(state, [f"name=default,type=fileio,path={pool}"], tmp_path / "save.json"),
             tmp_path / "c.sock", tmp_path / "controller.log"))
         node_sock, node_log = tmp_path / "n.sock", tmp_path / "node.log"
-        node = stack.enter_context(running([*NODE_ARGS, "--state-dir", str(state)], node_sock, node_log))
+        node = stack.enter_context(running([*NODE_ARGS, "--state-dir", str(state), "--metrics-address",
+                                            f"127.0.0.1:{NODE_METRICS_PORT}"], node_sock, node_log))
         try:
             yield Cluster(controller, node, str(NodeId("testbed", initiator_iqn)), root, node_sock, node_log, state)
         finally:
@@ -251,6 +270,10 @@ def test_a_dropped_portal_fails_over_without_io_errors_and_heals(cluster: Cluste
         stats = cluster.node.node.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(
             volume_id=volume.volume_id, volume_path=target))
         assert stats.volume_condition.abnormal and "1 of 2 paths are down" in stats.volume_condition.message
+        cut = scrape_paths(volume.volume_id)
+        assert cut == {"csi_iscsi_volume_paths/active": 1, "csi_iscsi_volume_paths/down": 1,
+                       "csi_iscsi_volume_portals": 2, "csi_iscsi_volume_abnormal": 1,
+                       "csi_iscsi_node_scrape_error": 0}, cut
     finally:
         subprocess.run(["nft", "delete", "table", "inet", "csitest"], check=False)
     healed_after = wait_for(lambda: [p[1:] for p in paths_of(wwid)] == [("active", "ready")] * 2, 60)
@@ -260,8 +283,11 @@ def test_a_dropped_portal_fails_over_without_io_errors_and_heals(cluster: Cluste
     stats = cluster.node.node.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(
         volume_id=volume.volume_id, volume_path=target))
     assert not stats.volume_condition.abnormal, stats.volume_condition.message
+    healed = scrape_paths(volume.volume_id)
+    assert healed["csi_iscsi_volume_paths/active"] == 2 and healed["csi_iscsi_volume_abnormal"] == 0, healed
     cluster.detach(volume)
     cluster.delete(volume)
+    assert scrape_paths(volume.volume_id) == {"csi_iscsi_node_scrape_error": 0}
 
 
 def test_unstaging_one_volume_leaves_the_other_running(cluster: Cluster) -> None:

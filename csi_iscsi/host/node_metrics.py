@@ -1,0 +1,46 @@
+"""Each staged volume's paths for Prometheus, read when scraped (one multipathd call for all):
+a path lost behind the plugin's back is seen at the next scrape, not at the next CSI call."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from csi_iscsi.host.api import PathHealth
+
+log = logging.getLogger(__name__)
+
+
+class NodePathCollector(Collector):
+    def __init__(self, health: Callable[[], list[PathHealth]]) -> None:
+        self._health = health
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []  # read at scrape time only, never at registration
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        paths = GaugeMetricFamily("csi_iscsi_volume_paths", "A staged volume's paths as multipathd sees them, "
+                                  "active or down", labels=["volume_id", "state"])
+        portals = GaugeMetricFamily("csi_iscsi_volume_portals", "The paths a staged volume was staged with (its "
+                                    "portals)", labels=["volume_id"])
+        abnormal = GaugeMetricFamily("csi_iscsi_volume_abnormal", "1 when NodeGetVolumeStats would report the "
+                                     "volume abnormal (a path down or missing, the device gone)", labels=["volume_id"])
+        error = GaugeMetricFamily("csi_iscsi_node_scrape_error", "1 when the node's paths could not be read at "
+                                  "this scrape (the plugin's log says why)")
+        try:
+            health = self._health()
+        except Exception:
+            log.exception("reading the volumes' paths for metrics")
+            error.add_metric([], 1)
+            yield error
+            return
+        error.add_metric([], 0)
+        for h in health:
+            paths.add_metric([h.volume_id, "active"], h.active)
+            paths.add_metric([h.volume_id, "down"], h.down)
+            portals.add_metric([h.volume_id], h.portals)
+            abnormal.add_metric([h.volume_id], int(h.abnormal))
+        yield from (paths, portals, abnormal, error)
