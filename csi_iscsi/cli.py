@@ -41,6 +41,7 @@ from csi_iscsi.lio.pool_metrics import PoolCollector
 from csi_iscsi.lio.pools import Pool, parse_pool_spec
 from csi_iscsi.lio.saveconfig import DEBIAN_SAVE_FILE, SavedConfig
 from csi_iscsi.lio.service import LioTargetService
+from csi_iscsi.ops import status
 from csi_iscsi.server import CsiServer, Services
 from csi_iscsi.servicers.controller import ControllerServicer
 from csi_iscsi.servicers.identity import IdentityServicer
@@ -110,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("controller", parents=[common, controller], help="serve Identity + Controller")
     sub.add_parser("node", parents=[common, node], help="serve Identity + Node")
     sub.add_parser("all", parents=[common, controller, node], help="serve all three (testbed, demos)")
+    status.add_parser(sub)
     return p
 
 
@@ -221,6 +223,9 @@ def _own(directory: Path, who: str) -> StateDirLock:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.mode == "status":
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        return status.run(args)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -113,6 +113,14 @@ class FakeLio:
     def initiators(self, iqn: str) -> list[str]:
         return sorted(self.targets.get(iqn, {}).get("acls", {}))  # type: ignore[arg-type]
 
+    def acls(self, iqn: str) -> list[tuple[str, bool, bool, bool]]:
+        acls: dict[str, dict[str, object]] = self.targets.get(iqn, {}).get("acls", {})  # type: ignore[assignment]
+        found = []
+        for initiator, acl in acls.items():
+            chap = acl.get("chap")
+            found.append((initiator, chap is not None, bool(getattr(chap, "mutual_user", "")), bool(acl["readonly"])))
+        return sorted(found)
+
     def export_faults(self, name: str, iqn: str, portals: list[str], chap: bool,
                       grants: dict[str, bool]) -> list[str]:
         target = self.targets.get(iqn)

@@ -53,6 +53,35 @@ class PathState:
         return f"{self.device} ({self.dm_state}, {self.checker})"
 
 
+def bad_paths(paths: list[PathState], slaves: Collection[str]) -> list[PathState]:
+    """The paths that carry none of the volume's I/O: down ones, and orphans. A path multipathd has
+    with dm state "undef" that is not under the map (slaves) was left out of it, e.g. by a failed
+    reload; one under the map is only not synced yet."""
+    return [p for p in paths if p.down or (p.dm_state == "undef" and p.device not in slaves)]
+
+
+def paths_condition(portals: int, paths: list[PathState], slaves: Collection[str]) -> tuple[bool, str]:
+    """(abnormal, message) of a multipath volume staged with `portals` paths: what
+    NodeGetVolumeStats and csi-iscsi status both say."""
+    if not paths:
+        return True, "multipathd reports no paths for the volume"
+    bad = bad_paths(paths, slaves)
+    if bad:
+        return True, f"{len(bad)} of {len(paths)} paths are down: {', '.join(map(str, bad))}"
+    if len(paths) < portals:
+        return True, (f"{len(paths)} paths for {portals} portals: a portal has no session; "
+                      "the volume has less redundancy than it was given")
+    return False, f"all {len(paths)} paths active"
+
+
+@dataclass(frozen=True)
+class MapState:
+    dm: str  # dm-N
+    paths: int
+    dm_state: str  # active or suspend
+    queueing: str  # "N chk" (paths up), "N sec" (no usable path: queueing, N s left), off, on, "-"
+
+
 class Multipath:
     def __init__(self, runner: Runner, *, dev: Path = Path("/dev"), sysfs: Path = Path("/sys"),
                  poll_interval: float = 0.05) -> None:
@@ -289,6 +318,18 @@ class Multipath:
             if len(fields) == 4:
                 states.setdefault(fields[0], []).append(PathState(fields[1], fields[2], fields[3].strip()))
         return states
+
+    def map_states(self) -> dict[str, MapState]:
+        """multipathd's view of every map, by WWID, from one call."""
+        out = self._runner.run([MULTIPATHD, "show", "maps", "raw", "format", "%w %d %N %t %Q"], timeout=10).stdout
+        maps = {}
+        for line in out.splitlines():
+            # The queueing column may hold a space ("12 chk", "30 sec"): it is the rest of the line.
+            fields = line.split(maxsplit=4)
+            if len(fields) == 5:
+                maps[fields[0]] = MapState(fields[1], int(fields[2]) if fields[2].isdigit() else 0, fields[3],
+                                           fields[4].strip())
+        return maps
 
     def size_bytes(self, wwid: str) -> int:
         dm = self.dm_name(wwid)

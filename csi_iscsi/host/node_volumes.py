@@ -30,7 +30,7 @@ from csi_iscsi.host.attach import Attacher, Attachment
 from csi_iscsi.host.filesystem import Filesystems
 from csi_iscsi.host.iscsiadm import Iscsiadm
 from csi_iscsi.host.mounts import Mount
-from csi_iscsi.host.multipath import Multipath, PathState
+from csi_iscsi.host.multipath import Multipath, PathState, bad_paths, paths_condition
 from csi_iscsi.host.scsi import Scsi
 from csi_iscsi.host.stage_state import ATTACHING, STAGED, UNSTAGING, StageState, StageStateStore
 
@@ -410,14 +410,6 @@ class NodeVolumes:
         except OSError:
             return 0
 
-    def _bad_paths(self, state: StageState, paths: list[PathState]) -> list[PathState]:
-        # A path multipathd has with dm state "undef" and that is not under the map is an orphan
-        # (left out of it, e.g. after a failed reload): it carries none of the volume's I/O. One
-        # under the map is only not synced yet.
-        assert self._multipath is not None
-        slaves = set(self._multipath.slaves(state.wwid))
-        return [p for p in paths if p.down or (p.dm_state == "undef" and p.device not in slaves)]
-
     def path_health(self) -> list[PathHealth]:
         """Every staged volume's paths and condition, from one multipathd call for all (metrics)."""
         states = [s for s in self._states.all() if s.phase == STAGED]
@@ -427,9 +419,9 @@ class NodeVolumes:
         health = []
         for state in states:
             abnormal, _ = self._condition(state, every)
-            if every is not None and self._on_map(state):
+            if every is not None and self._multipath is not None and self._on_map(state):
                 paths = every.get(state.wwid, [])
-                down = len(self._bad_paths(state, paths))
+                down = len(bad_paths(paths, self._multipath.slaves(state.wwid)))
                 active = len(paths) - down
             else:
                 active, down = (1, 0) if os.path.exists(state.device) else (0, 1)
@@ -446,14 +438,6 @@ class NodeVolumes:
             paths = every.get(state.wwid, []) if every is not None else self._multipath.path_states(state.wwid)
         except (CommandFailed, CommandTimedOut) as exc:
             return True, f"multipathd cannot report paths: {exc}"
-        if not paths:
-            return True, "multipathd reports no paths for the volume"
-        bad = [str(p) for p in self._bad_paths(state, paths)]
-        if bad:
-            return True, f"{len(bad)} of {len(paths)} paths are down: {', '.join(bad)}"
-        if len(paths) < len(state.portals):
-            return True, (f"{len(paths)} paths for {len(state.portals)} portals: a portal has no session; "
-                          "the volume has less redundancy than it was given")
-        return False, f"all {len(paths)} paths active"
+        return paths_condition(len(state.portals), paths, self._multipath.slaves(state.wwid))
 
 

@@ -32,10 +32,13 @@ class StageState:
 
 
 class StageStateStore:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, readonly: bool = False) -> None:
+        """readonly: for a reader beside the running plugin (csi-iscsi status): it creates nothing
+        and leaves temp files alone, which may be the plugin's writes in flight."""
         self._dir = directory
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        remove_stale_temps(self._dir)
+        if not readonly:
+            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            remove_stale_temps(self._dir)
 
     def _path(self, volume_id: str) -> Path:
         if not is_volume_id(volume_id):

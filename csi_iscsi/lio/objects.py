@@ -240,6 +240,20 @@ class Lio:
                               f"though the volume is published to it {'read-only' if readonly else 'writable'}")
         return faults
 
+    def acls(self, iqn: str) -> list[tuple[str, bool, bool, bool]]:
+        """(initiator, CHAP on, mutual CHAP on, LUN 0 write-protected) of each ACL of the target.
+        Reads the CHAP user names only, to tell on from off; never a password."""
+        try:
+            tpg = self._tpg(iqn)
+        except NotFound:
+            return []
+        found = []
+        for acl in tpg.node_acls:
+            mapped = {m.mapped_lun: m for m in acl.mapped_luns}
+            protected = bool(mapped[LUN_INDEX].write_protect) if LUN_INDEX in mapped else False
+            found.append((acl.node_wwn, bool(acl.chap_userid), bool(acl.chap_mutual_userid), protected))
+        return sorted(found)
+
     def initiators(self, iqn: str) -> list[str]:
         try:
             return sorted(acl.node_wwn for acl in self._tpg(iqn).node_acls)

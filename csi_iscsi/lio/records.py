@@ -31,11 +31,14 @@ LEGACY_INITIATORS_FILE = "initiators.json"
 
 
 class RecordStore:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, readonly: bool = False) -> None:
+        """readonly: for a reader beside the running controller (csi-iscsi status): it creates and
+        removes nothing, since temp files may be the controller's writes in flight."""
         self._dir = state_dir / "volumes"
         self._lock = threading.Lock()
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        remove_stale_temps(self._dir)
+        if not readonly:
+            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            remove_stale_temps(self._dir)
         self._records: dict[str, VolumeRecord] = {}
         self.unreadable: set[str] = set()
         for path in self._dir.glob("csi-*.json"):
@@ -60,7 +63,7 @@ class RecordStore:
         for record in self._records.values():
             self._index(record, +1)
         legacy = state_dir / LEGACY_INITIATORS_FILE
-        if legacy.exists():
+        if not readonly and legacy.exists():
             log.info("removing %s: initiator claims are derived from the volume records now", legacy)
             remove_durably(legacy)
 

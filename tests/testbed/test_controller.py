@@ -394,8 +394,25 @@ def test_volume_condition_names_what_was_broken_behind_the_controller(env: dict[
         assert "its data is missing from pool default" in got[idle].message
         assert "cond-password-1" not in env["log"].read_text()
 
+
         publish(plugin, chap, me, {"chapUser": "cond-user", "chapPassword": "cond-password-1"})
         assert not conditions()[chap].abnormal
+        # The same, as an operator sees it on the target node (the controller's flags, reading only).
+        argv = [sys.executable, "-m", "csi_iscsi", "status", "--side", "target", "--state-dir",
+                str(env["state"]), "--pool", f"name=default,type=fileio,path={env['pool']}",
+                *[f"--portal={p}" for p in PORTALS]]
+        text = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        print(text.stdout)
+        assert text.returncode == 1, text.stderr  # 1: a volume shown is abnormal
+        assert f"acl {initiator_iqn}  node testbed  rw  CHAP" in text.stdout  # the CHAP volume, published again
+        assert "data missing" in text.stdout and "does not listen on portal" in text.stdout
+        assert "cond-password-1" not in text.stdout and "cond-user" not in text.stdout
+        shown = json.loads(subprocess.run([*argv, "--json"], capture_output=True, text=True, timeout=120).stdout)
+        views = {v["volume_id"]: v for v in shown["target"]["volumes"]}
+        assert not views[chap]["abnormal"] and views[chap]["acls"][0]["chap"] is True
+        assert views[idle]["data"] == "missing" and views[idle]["abnormal"]
+        assert views[ro]["acls"][0]["readonly"] is False  # what LIO holds now: the write protection was lifted
+        assert "cond-password-1" not in json.dumps(shown)
         for vid in (chap, ro):
             unpublish(plugin, vid, me)
         for vid in (chap, ro, idle):

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -27,6 +28,17 @@ from .plugins import PORTALS, MiB, Plugin, Stubs, block_cap, controller_args, mo
 NODE_ARGS = ["node", "--node-name", "testbed", "--replacement-timeout", "5", "--noop-interval", "2",
              "--noop-timeout", "2", "--login-timeout", "5"]
 NODE_METRICS_PORT = 19091
+
+
+def status(cluster: Cluster, *volume_ids: str) -> dict[str, Any]:
+    """`csi-iscsi status --json` on this host, as an operator runs it."""
+    import json
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "csi_iscsi", "status", "--json", "--side", "node", "--state-dir",
+                           str(cluster.state), *volume_ids], capture_output=True, text=True, timeout=120)
+    assert proc.returncode in (0, 1), proc.stderr
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
 
 def scrape_paths(volume_id: str) -> dict[str, float]:
@@ -270,6 +282,12 @@ def test_a_dropped_portal_fails_over_without_io_errors_and_heals(cluster: Cluste
         stats = cluster.node.node.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(
             volume_id=volume.volume_id, volume_path=target))
         assert stats.volume_condition.abnormal and "1 of 2 paths are down" in stats.volume_condition.message
+        shown = status(cluster, volume.volume_id)
+        [view] = shown["node"]["volumes"]
+        by_portal = {p["portal"]: p for p in view["paths"]}
+        assert by_portal["127.0.0.12:3260"]["dm_state"] == "failed", view
+        assert by_portal["127.0.0.11:3260"]["dm_state"] == "active", view
+        assert view["abnormal"] and "1 of 2 paths are down" in view["condition"]
         cut = scrape_paths(volume.volume_id)
         assert cut == {"csi_iscsi_volume_paths/active": 1, "csi_iscsi_volume_paths/down": 1,
                        "csi_iscsi_volume_portals": 2, "csi_iscsi_volume_abnormal": 1,
@@ -425,6 +443,16 @@ def test_twenty_volumes_staged_at_once(cluster: Cluster) -> None:
     print(f"20 volumes staged concurrently in {time.monotonic() - start:.1f} s; calls tried again: "
           f"{len(retried)} {sorted(set(retried))}")
     assert errors == [], f"{len(errors)} of 20 failed: {errors}\n--- node log, last lines ---\n{tail(cluster.node_log)}"
+    took = []
+    for _ in range(3):
+        began = time.monotonic()
+        shown = status(cluster)
+        took.append(time.monotonic() - began)
+    views = shown["node"]["volumes"]
+    print(f"csi-iscsi status --json with 20 volumes staged: {', '.join(f'{t:.2f}' for t in took)} s")
+    assert sorted(v["volume_id"] for v in views) == sorted(v.volume_id for v in volumes)
+    assert all(not v["abnormal"] and len(v["paths"]) == 2 and v["staging_mounted"] and len(v["pod_mounts"]) == 1
+               for v in views), [v for v in views if v["abnormal"]]
     for volume in volumes:
         target = f"{cluster.root}/pods/{volume.volume_id}/mount"
         assert Path(target, "lost+found").is_dir(), f"{volume.volume_id} is not mounted at {target}"
