@@ -89,7 +89,10 @@ class FakeLio:
 
     def ensure_target(self, iqn: str, portals: list[str], storage_object: str, chap: bool) -> None:
         self._call("ensure_target")
-        target = self.targets.setdefault(iqn, {"portals": list(portals), "chap": chap, "acls": {}})
+        target = self.targets.setdefault(iqn, {"portals": [], "chap": chap, "acls": {}})
+        # As the real one: every portal added (none removed), authentication set, LUN 0 mapped.
+        target["portals"] = list(dict.fromkeys([*target["portals"], *portals]))  # type: ignore[misc]
+        target["chap"] = chap
         target["lun0"] = storage_object
 
     def delete_target(self, iqn: str) -> None:

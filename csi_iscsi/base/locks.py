@@ -13,6 +13,7 @@ class VolumeLocks:
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._busy: dict[str, str] = {}
+        self._generations: dict[str, int] = {}
 
     @contextmanager
     def hold(self, volume_id: str, operation: str) -> Iterator[None]:
@@ -21,25 +22,19 @@ class VolumeLocks:
                 raise Aborted(f"an operation ({self._busy[volume_id]}) on volume {volume_id} is in progress; "
                               "retry later")
             self._busy[volume_id] = operation
+            self._generations[volume_id] = self._generations.get(volume_id, 0) + 1
         try:
             yield
         finally:
             with self._guard:
                 del self._busy[volume_id]
 
-    @contextmanager
-    def try_hold(self, volume_id: str, operation: str) -> Iterator[bool]:
-        """Like hold, but yields False instead of raising when the volume is busy: for reads that
-        would see a call's half-done work and can as well say "later"."""
+    def busy(self, volume_id: str) -> bool:
         with self._guard:
-            busy = volume_id in self._busy
-            if not busy:
-                self._busy[volume_id] = operation
-        if busy:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            with self._guard:
-                del self._busy[volume_id]
+            return volume_id in self._busy
+
+    def generation(self, volume_id: str) -> int:
+        """How many calls have held the volume: a reader that saw the same number before and after
+        its look, with the volume idle both times, saw no call's half-done work."""
+        with self._guard:
+            return self._generations.get(volume_id, 0)

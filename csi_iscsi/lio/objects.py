@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,95 @@ def _split_portal(portal: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class Lio:
+class LioView:
+    """Reads of live LIO for health and status: plain reads of configfs (a stable kernel
+    interface), not rtslib objects, so a look at hundreds of volumes per ListVolumes stays a few
+    syscalls each, never creates or loads anything (rtslib's lookups may load the iSCSI target
+    module), and an odd entry someone else made cannot raise out of it."""
+
     def __init__(self, configfs: Path = CONFIGFS) -> None:
-        self._rts = _rtslib()
-        self._fabric = self._rts.FabricModule("iscsi")
         self._core = configfs / "core"
+        self._iscsi = configfs / "iscsi"
+
+    def _tpg_dir(self, iqn: str) -> Path:
+        return self._iscsi / iqn / f"tpgt_{TPG_TAG}"
+
+    @staticmethod
+    def _read(path: Path) -> str | None:
+        try:
+            return path.read_text().strip()
+        except OSError:
+            return None
+
+    def _acl_dirs(self, tpg: Path) -> dict[str, Path]:
+        try:
+            return {entry.name.lower(): Path(entry.path) for entry in os.scandir(tpg / "acls") if entry.is_dir()}
+        except OSError:
+            return {}
+
+    def acls(self, iqn: str) -> list[tuple[str, bool, bool, bool]]:
+        """(initiator, CHAP on, mutual CHAP on, LUN 0 write-protected) of each ACL of the target.
+        Reads the CHAP user names only, to tell on from off; never a password."""
+        found = []
+        for initiator, acl in sorted(self._acl_dirs(self._tpg_dir(iqn)).items()):
+            found.append((initiator, bool(self._read(acl / "auth" / "userid")),
+                          bool(self._read(acl / "auth" / "userid_mutual")),
+                          self._read(acl / f"lun_{LUN_INDEX}" / "write_protect") == "1"))
+        return found
+
+    def export_faults(self, name: str, iqn: str, portals: list[str], chap: bool,
+                      grants: Mapping[str, bool]) -> list[str]:
+        """What live LIO lacks of one volume's export, in words an operator can act on: the
+        target, its portal group enabled with the expected portals and authentication, LUN 0 over
+        the volume's storage object, and an ACL mapping LUN 0 (write-protected or not) for each
+        granted initiator (initiator -> readonly). Reads only; never the CHAP secrets."""
+        tpg = self._tpg_dir(iqn)
+        if not tpg.is_dir():
+            return [f"LIO has no target {iqn}"]
+        faults = []
+        if self._read(tpg / "enable") == "0":
+            faults.append(f"target {iqn} is disabled")
+        if (self._read(tpg / "attrib" / "authentication") == "1") != chap:
+            faults.append(f"target {iqn} {'does not ask' if chap else 'asks'} for CHAP, unlike its volume record")
+        try:
+            live = {_split_portal(entry.name) for entry in os.scandir(tpg / "np") if ":" in entry.name}
+        except (OSError, ValueError):
+            live = set()
+        for portal in portals:
+            if _split_portal(portal) not in live:
+                faults.append(f"target {iqn} does not listen on portal {portal}")
+        lun = tpg / "lun" / f"lun_{LUN_INDEX}"
+        try:
+            exported = [os.path.basename(os.readlink(e.path)) for e in os.scandir(lun) if e.is_symlink()]
+        except OSError:
+            exported = []
+        if not exported:
+            faults.append(f"target {iqn} has no LUN {LUN_INDEX}")
+        elif exported[0] != name:
+            faults.append(f"target {iqn} exports {exported[0]} as LUN {LUN_INDEX}, not {name}")
+        acls = self._acl_dirs(tpg)
+        for initiator, readonly in sorted(grants.items()):
+            acl = acls.get(initiator.lower())
+            if acl is None:
+                faults.append(f"no ACL lets {initiator} in, though the volume is published to it")
+                continue
+            protected = self._read(acl / f"lun_{LUN_INDEX}" / "write_protect")
+            if protected is None:
+                faults.append(f"the ACL of {initiator} maps no LUN {LUN_INDEX}")
+            elif (protected == "1") != readonly:
+                faults.append(f"the ACL of {initiator} is {'writable' if readonly else 'read-only'}, "
+                              f"though the volume is published to it {'read-only' if readonly else 'writable'}")
+        return faults
+
+
+class Lio(LioView):
+    def __init__(self, configfs: Path = CONFIGFS) -> None:
+        super().__init__(configfs)
+        self._rts = _rtslib()
+        # rtslib-fb 2.2 renamed RTSLibNotInCFS to RTSLibNotInCFSError (no alias); Debian ships 2.1.
+        self._not_in_cfs: type[Exception] = getattr(self._rts, "RTSLibNotInCFSError", None) or \
+            self._rts.RTSLibNotInCFS
+        self._fabric = self._rts.FabricModule("iscsi")
 
     # Storage objects -------------------------------------------------------------------------
     #
@@ -63,7 +148,7 @@ class Lio:
     def _locate(self, name: str, iqn: str | None = None, thorough: bool = False) -> Any | None:
         rts = self._rts
         if iqn is not None:
-            with contextlib.suppress(NotFound, rts.RTSLibNotInCFS, rts.RTSLibError):
+            with contextlib.suppress(NotFound, self._not_in_cfs, rts.RTSLibError):
                 so = rts.LUN(self._tpg(iqn), LUN_INDEX).storage_object
                 if so.name == name:
                     return so
@@ -134,7 +219,7 @@ class Lio:
         try:
             target = rts.Target(self._fabric, iqn, mode=mode)
             return rts.TPG(target, TPG_TAG, mode=mode)
-        except rts.RTSLibNotInCFS as exc:
+        except self._not_in_cfs as exc:
             raise NotFound(f"iSCSI target {iqn} does not exist") from exc
 
     def ensure_target(self, iqn: str, portals: list[str], storage_object: str, chap: bool) -> None:
@@ -157,7 +242,7 @@ class Lio:
 
     def delete_target(self, iqn: str) -> None:
         rts = self._rts
-        with contextlib.suppress(rts.RTSLibNotInCFS):
+        with contextlib.suppress(self._not_in_cfs):
             rts.Target(self._fabric, iqn, mode="lookup").delete()
 
     def target_exists(self, iqn: str) -> bool:
@@ -195,64 +280,8 @@ class Lio:
             tpg = self._tpg(iqn)
             rts.NodeACL(tpg, initiator, mode="lookup").delete()
             return True
-        except (NotFound, rts.RTSLibNotInCFS):
+        except (NotFound, self._not_in_cfs):
             return False
-
-    def export_faults(self, name: str, iqn: str, portals: list[str], chap: bool,
-                      grants: Mapping[str, bool]) -> list[str]:
-        """What live LIO lacks of one volume's export, in words an operator can act on: the
-        target, its portal group enabled with the expected portals and authentication, LUN 0 over
-        the volume's storage object, and an ACL mapping LUN 0 (write-protected or not) for each
-        granted initiator (initiator -> readonly). Reads only; never the CHAP secrets."""
-        rts = self._rts
-        try:
-            tpg = self._tpg(iqn)
-        except NotFound:
-            return [f"LIO has no target {iqn}"
-                    + ("" if self._locate(name, thorough=True) else f" and no storage object {name}")]
-        faults = []
-        if not tpg.enable:
-            faults.append(f"target {iqn} is disabled")
-        if (tpg.get_attribute("authentication") == "1") != chap:
-            faults.append(f"target {iqn} {'does not ask' if chap else 'asks'} for CHAP, unlike its volume record")
-        live = {(p.ip_address.strip("[]"), p.port) for p in tpg.network_portals}
-        for portal in portals:
-            if _split_portal(portal) not in live:
-                faults.append(f"target {iqn} does not listen on portal {portal}")
-        try:
-            so_name = rts.LUN(tpg, LUN_INDEX).storage_object.name
-            if so_name != name:
-                faults.append(f"target {iqn} exports {so_name} as LUN {LUN_INDEX}, not {name}")
-        except (rts.RTSLibNotInCFS, rts.RTSLibError):
-            faults.append(f"target {iqn} has no LUN {LUN_INDEX}"
-                          + ("" if self._locate(name, thorough=True) else f" and LIO no storage object {name}"))
-        acls = {acl.node_wwn: acl for acl in tpg.node_acls}
-        for initiator, readonly in sorted(grants.items()):
-            acl = acls.get(initiator.lower())
-            if acl is None:
-                faults.append(f"no ACL lets {initiator} in, though the volume is published to it")
-                continue
-            mapped = {m.mapped_lun: m for m in acl.mapped_luns}
-            if LUN_INDEX not in mapped:
-                faults.append(f"the ACL of {initiator} maps no LUN {LUN_INDEX}")
-            elif bool(mapped[LUN_INDEX].write_protect) != readonly:
-                faults.append(f"the ACL of {initiator} is {'writable' if readonly else 'read-only'}, "
-                              f"though the volume is published to it {'read-only' if readonly else 'writable'}")
-        return faults
-
-    def acls(self, iqn: str) -> list[tuple[str, bool, bool, bool]]:
-        """(initiator, CHAP on, mutual CHAP on, LUN 0 write-protected) of each ACL of the target.
-        Reads the CHAP user names only, to tell on from off; never a password."""
-        try:
-            tpg = self._tpg(iqn)
-        except NotFound:
-            return []
-        found = []
-        for acl in tpg.node_acls:
-            mapped = {m.mapped_lun: m for m in acl.mapped_luns}
-            protected = bool(mapped[LUN_INDEX].write_protect) if LUN_INDEX in mapped else False
-            found.append((acl.node_wwn, bool(acl.chap_userid), bool(acl.chap_mutual_userid), protected))
-        return sorted(found)
 
     def initiators(self, iqn: str) -> list[str]:
         try:
@@ -268,7 +297,7 @@ class Lio:
         so = self._locate(storage_object, iqn, thorough=True)
         so_dump = so.dump() if so is not None else None
         target_dump = None
-        with contextlib.suppress(rts.RTSLibNotInCFS):
+        with contextlib.suppress(self._not_in_cfs):
             target_dump = rts.Target(self._fabric, iqn, mode="lookup").dump()
         return so_dump, target_dump
 
@@ -278,7 +307,7 @@ class Lio:
         try:
             dumped: dict[str, Any] = rts.NodeACL(self._tpg(iqn), initiator, mode="lookup").dump()
             return dumped
-        except (NotFound, rts.RTSLibNotInCFS):
+        except (NotFound, self._not_in_cfs):
             return None
 
     def restore(self, so_dump: dict[str, Any] | None, target_dump: dict[str, Any] | None) -> list[str]:

@@ -377,11 +377,17 @@ class LvmThinPool:
         return set(item_ids) & names
 
     def usage_now(self) -> PoolUsage:
-        size = self.lv_size(self.thinpool)
-        if size is None:
-            raise Unavailable(f"thin pool {self.vg}/{self.thinpool} of pool {self.name} does not exist")
-        data, metadata = self.usage()
-        return PoolUsage(size, int(size * data / 100), data, metadata)
+        # One lvs, bounded short: a scrape must answer even while LVM is locked by a long command.
+        out = self._runner.run(["lvs", "--noheadings", "--units", "b", "--nosuffix", "-o",
+                                "lv_name,lv_size,data_percent,metadata_percent", "-S", f"lv_name={self.thinpool}",
+                                self.vg], timeout=5).stdout
+        for line in out.splitlines():
+            fields = line.split()
+            if len(fields) == 4 and fields[0] == self.thinpool:
+                size = int(fields[1])
+                data, metadata = (float(f.replace(",", ".")) for f in fields[2:])
+                return PoolUsage(size, int(size * data / 100), data, metadata)
+        raise Unavailable(f"thin pool {self.vg}/{self.thinpool} of pool {self.name} does not exist")
 
     def grow(self, volume_id: str, size: int) -> None:
         current = self.lv_size(volume_id)

@@ -104,11 +104,11 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                                     mountinfo=mountinfo)
         if want_target:
             from csi_iscsi import contract
-            from csi_iscsi.lio.objects import Lio
+            from csi_iscsi.lio.objects import LioView
             from csi_iscsi.lio.pools import parse_pool_spec
 
             pools = {pool.name: pool for pool in (parse_pool_spec(s, runner) for s in args.pool)}
-            target = read_target_status(args.state_dir, Lio(), pools, args.portal,
+            target = read_target_status(args.state_dir, LioView(), pools, args.portal,
                                         prefix=args.target_iqn_prefix or contract.DEFAULT_TARGET_IQN_PREFIX,
                                         volume_ids=args.volume_ids)
     except CsiIscsiError as exc:

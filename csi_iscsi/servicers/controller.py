@@ -50,6 +50,7 @@ from csi_iscsi.volume_capabilities import READONLY_MODES, check_all, check_one, 
 
 log = logging.getLogger(__name__)
 
+LIST_MARGIN = 2.0  # seconds kept back from ListVolumes' deadline
 DEFAULT_SIZE = 1024 * 1024 * 1024
 
 Cap = csi_pb2.ControllerServiceCapability.RPC
@@ -123,6 +124,8 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         self._target = target
         self._zones = zones
         self._locks = VolumeLocks()
+        # The last condition each volume was seen in: what a look answers while a call is in flight.
+        self._conditions: dict[str, csi_pb2.VolumeCondition] = {}
 
     # Helpers -------------------------------------------------------------------------------------
 
@@ -168,23 +171,33 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         return self._record(source_id).capacity_bytes
 
     def _condition(self, record: VolumeRecord, listed: bool | str | None = None) -> csi_pb2.VolumeCondition:
-        """The volume's condition as the external-health-monitor reports it on the PVC. Checked
-        under the volume's lock, so a publish or expand in flight is never taken for a fault."""
-        with self._locks.try_hold(record.volume_id, "a condition check") as held:
-            if not held:
-                return csi_pb2.VolumeCondition(abnormal=False, message="a call on the volume is in progress; "
-                                                                       "its condition is checked at the next look")
-            current = self._target.get(record.volume_id)
-            if current is None or current.state != READY:
-                return csi_pb2.VolumeCondition(abnormal=False, message="the volume is being deleted")
-            if current != record:
-                listed = None  # changed since the listing: ask the pool again
-            try:
-                faults = self._target.faults(current, listed)
-            except Exception as exc:
-                log.exception("checking the condition of volume %s", record.volume_id)
-                faults = [f"its condition could not be checked ({type(exc).__name__}: {exc})"]
-        return csi_pb2.VolumeCondition(abnormal=bool(faults), message="; ".join(faults))
+        """The volume's condition as the external-health-monitor reports it on the PVC. Never takes
+        the volume's lock (a check must not turn a publish or a delete away): a volume with a call
+        in flight, or one a call touched during the look, gets its last known condition instead, so
+        a half-done call is never reported as a fault, nor a fault as cured."""
+        volume_id = record.volume_id
+        before = self._locks.generation(volume_id)
+        if self._locks.busy(volume_id):
+            return self._last_condition(volume_id, "a call on the volume is in progress")
+        current = self._target.get(volume_id)
+        if current is None or current.state != READY:
+            return self._last_condition(volume_id, "a call changed the volume during the check")
+        try:
+            faults = self._target.faults(current, listed if current == record else None)
+        except Exception as exc:
+            log.exception("checking the condition of volume %s", volume_id)
+            faults = [f"its condition could not be checked ({type(exc).__name__}: {exc})"]
+        if self._locks.busy(volume_id) or self._locks.generation(volume_id) != before:
+            return self._last_condition(volume_id, "a call changed the volume during the check")
+        condition = csi_pb2.VolumeCondition(abnormal=bool(faults), message="; ".join(faults))
+        self._conditions[volume_id] = condition
+        return condition
+
+    def _last_condition(self, volume_id: str, why: str) -> csi_pb2.VolumeCondition:
+        known = self._conditions.get(volume_id)
+        if known is not None:
+            return known
+        return csi_pb2.VolumeCondition(abnormal=False, message=f"{why}; its condition is checked at the next look")
 
     def _record(self, volume_id: str) -> VolumeRecord:
         record = self._target.get(volume_id) if contract.is_volume_id(volume_id) else None
@@ -252,6 +265,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         if contract.is_volume_id(request.volume_id):
             with self._locks.hold(request.volume_id, "DeleteVolume"):
                 self._target.delete(request.volume_id)
+                self._conditions.pop(request.volume_id, None)
         return csi_pb2.DeleteVolumeResponse()
 
     def ControllerPublishVolume(self, request: csi_pb2.ControllerPublishVolumeRequest,
@@ -339,11 +353,16 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
             raise Aborted(f"starting_token {quoted(request.starting_token)} is not one this driver issued")
         records, token = self._target.page(request.starting_token, request.max_entries)
         listed = self._target.present(records)
-        entries = [csi_pb2.ListVolumesResponse.Entry(
-            volume=self._volume(r),
-            status=csi_pb2.ListVolumesResponse.VolumeStatus(published_node_ids=sorted(r.grants),
-                                                            volume_condition=self._condition(r, listed[r.volume_id])))
-            for r in records]
+        entries = []
+        for r in records:
+            # Checks stop short of the caller's deadline (the health monitor gives its whole paged
+            # listing 60 s): the rest get their last known condition, and the listing still arrives.
+            left = context.time_remaining()
+            condition = self._condition(r, listed[r.volume_id]) if left is None or left > LIST_MARGIN else \
+                self._last_condition(r.volume_id, "no time was left to check it in this call")
+            entries.append(csi_pb2.ListVolumesResponse.Entry(
+                volume=self._volume(r), status=csi_pb2.ListVolumesResponse.VolumeStatus(
+                    published_node_ids=sorted(r.grants), volume_condition=condition)))
         return csi_pb2.ListVolumesResponse(entries=entries, next_token=token)
 
     def ControllerGetVolume(self, request: csi_pb2.ControllerGetVolumeRequest,
@@ -351,6 +370,8 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         if not request.volume_id:
             raise InvalidArgument("volume_id is required")
         record = self._record(request.volume_id)
+        if record.state != READY:  # being created or deleted: not a volume the CO may use (ListVolumes agrees)
+            raise NotFound(f"volume {request.volume_id} does not exist (it is {record.state})")
         return csi_pb2.ControllerGetVolumeResponse(
             volume=self._volume(record),
             status=csi_pb2.ControllerGetVolumeResponse.VolumeStatus(published_node_ids=sorted(record.grants),

@@ -444,10 +444,10 @@ def test_pool_metrics_scraped_match_lvm_and_get_capacity(env: dict[str, Path], t
         labels = (("pool", "thin"), ("type", "lvm-thin"))
         print({k: v for k, v in samples.items() if k[0].startswith(("csi_iscsi_pool", "csi_iscsi_thin"))})
         assert samples[("csi_iscsi_pool_size_bytes", labels)] == size
-        assert samples[("csi_iscsi_thin_pool_data_percent", (("pool", "thin"),))] == pytest.approx(data, abs=0.5)
+        assert samples[("csi_iscsi_thin_pool_data_ratio", (("pool", "thin"),))] == pytest.approx(data / 100, abs=0.005)
         assert data > 0
-        assert samples[("csi_iscsi_thin_pool_metadata_percent", (("pool", "thin"),))] == \
-            pytest.approx(metadata, abs=0.5)
+        assert samples[("csi_iscsi_thin_pool_metadata_ratio", (("pool", "thin"),))] == \
+            pytest.approx(metadata / 100, abs=0.005)
         assert samples[("csi_iscsi_pool_provisioned_bytes", labels)] == 96 * MiB
         capacity = plugin.controller.GetCapacity(csi_pb2.GetCapacityRequest(parameters={"pool": "thin"}))
         assert samples[("csi_iscsi_pool_available_bytes", labels)] == capacity.available_capacity

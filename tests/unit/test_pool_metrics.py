@@ -51,8 +51,8 @@ def test_thin_pool_figures_are_lvm_s_and_provisioned_counts_volumes_and_snapshot
     assert registry.get_sample_value("csi_iscsi_pool_used_bytes", labels) == int(size * 0.425)
     assert registry.get_sample_value("csi_iscsi_pool_provisioned_bytes", labels) == (64 + 32 + 64) * MiB
     assert registry.get_sample_value("csi_iscsi_pool_available_bytes", labels) == capacity(lvm_world)
-    assert registry.get_sample_value("csi_iscsi_thin_pool_data_percent", {"pool": "thin"}) == 42.5
-    assert registry.get_sample_value("csi_iscsi_thin_pool_metadata_percent", {"pool": "thin"}) == 7.25
+    assert registry.get_sample_value("csi_iscsi_thin_pool_data_ratio", {"pool": "thin"}) == pytest.approx(0.425)
+    assert registry.get_sample_value("csi_iscsi_thin_pool_metadata_ratio", {"pool": "thin"}) == pytest.approx(0.0725)
     assert registry.get_sample_value("csi_iscsi_pool_scrape_error", {"pool": "thin"}) == 0
 
 
@@ -73,4 +73,32 @@ def test_fileio_pool_figures_are_its_filesystem_s(world: World, monkeypatch: pyt
     assert registry.get_sample_value("csi_iscsi_pool_used_bytes", labels) == 4 * 1024 * MiB
     assert registry.get_sample_value("csi_iscsi_pool_provisioned_bytes", labels) == 64 * MiB
     assert registry.get_sample_value("csi_iscsi_pool_available_bytes", labels) == capacity(world)
-    assert registry.get_sample_value("csi_iscsi_thin_pool_data_percent", {"pool": "default"}) is None
+    assert registry.get_sample_value("csi_iscsi_thin_pool_data_ratio", {"pool": "default"}) is None
+
+
+def test_a_scrape_during_another_gets_what_the_last_one_read(lvm_world: LvmWorld,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """LVM locked by a long command must not pile scrapes (and lvs processes) up behind each other."""
+    import threading
+
+    from prometheus_client.core import GaugeMetricFamily
+
+    collector = PoolCollector(lvm_world.service)
+    first = list(collector.collect())
+    inside, release = threading.Event(), threading.Event()
+    read = collector._read
+
+    def slow() -> list[GaugeMetricFamily]:
+        inside.set()
+        release.wait(5)
+        return read()
+
+    monkeypatch.setattr(collector, "_read", slow)
+    slow_scrape = threading.Thread(target=lambda: list(collector.collect()))
+    slow_scrape.start()
+    assert inside.wait(5)
+    lvm_world.runner.calls.clear()
+    assert [f.name for f in collector.collect()] == [f.name for f in first]
+    assert not [c for c in lvm_world.runner.calls if c[0] == "lvs"]
+    release.set()
+    slow_scrape.join(5)

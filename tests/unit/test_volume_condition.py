@@ -116,3 +116,86 @@ def test_a_pool_lvm_cannot_read_is_abnormal_with_the_reason(lvm_world: LvmWorld)
     lvm_world.lvm.broken.add("lvs")
     condition = listed(lvm_world)[vid]
     assert condition.abnormal and "pool thin could not be" in condition.message
+
+
+def test_a_condition_check_never_turns_a_publish_away(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reviewer's H1: a check that held the volume's lock made a publish in the meantime ABORTED."""
+    import threading
+
+    vid = world.create().volume_id
+    inside, release = threading.Event(), threading.Event()
+    faults = world.service.faults
+
+    def slow_faults(*args: object, **kwargs: object) -> list[str]:
+        inside.set()
+        release.wait(5)
+        return faults(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(world.service, "faults", slow_faults)
+    looked: list[csi_pb2.VolumeCondition] = []
+    looker = threading.Thread(target=lambda: looked.append(get(world, vid).status.volume_condition))
+    looker.start()
+    assert inside.wait(5)
+    world.publish(vid)  # not ABORTED by the check in flight
+    release.set()
+    looker.join(5)
+    # The publish ran during the look: the look does not vouch for what it saw half-way.
+    assert not looked[0].abnormal and "changed the volume during the check" in looked[0].message
+
+
+def test_a_busy_volume_keeps_its_last_known_fault_not_a_cure(world: World) -> None:
+    vid = world.create().volume_id
+    del world.lio.targets[contract.target_iqn(vid)]
+    broken = get(world, vid).status.volume_condition
+    assert broken.abnormal
+    with world.servicer._locks.hold(vid, "ControllerExpandVolume"):
+        assert get(world, vid).status.volume_condition == broken
+        assert listed(world)[vid] == broken
+
+
+def test_get_volume_of_a_volume_being_created_is_not_found(world: World) -> None:
+    from dataclasses import replace
+
+    vid = world.create().volume_id
+    record = world.service.get(vid)
+    assert record is not None
+    world.service._records.put(replace(record, state="creating"))
+    assert code_of(get, world, vid) == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_failed_listing_is_not_asked_again_per_volume(lvm_world: LvmWorld) -> None:
+    """Reviewer's H3: with LVM failing, each volume asked LVM again, one call after another."""
+    for i in range(5):
+        lvm_world.create(f"pvc-{i}")
+    lvm_world.lvm.broken.add("lvs")
+    lvm_world.runner.calls.clear()
+    conditions = listed(lvm_world)
+    assert len([c for c in lvm_world.runner.calls if c[0] == "lvs"]) == 1
+    assert all(c.abnormal and "could not be listed" in c.message for c in conditions.values())
+
+
+def test_a_restart_repairs_the_target_from_its_record_but_never_grants_an_acl(world: World) -> None:
+    """Reviewer's M3: the docs said a restart mends what it did not. Now it ensures the target's own
+    settings again; an ACL stays a publish's to grant (a missing one may be a fencing cut short)."""
+    chap = world.create("pvc-chap", authentication="chap").volume_id
+    plain = world.create("pvc-plain").volume_id
+    gone = world.create("pvc-gone").volume_id
+    world.publish(plain)
+    targets = world.lio.targets
+    targets[contract.target_iqn(chap)]["chap"] = False
+    targets[contract.target_iqn(plain)]["portals"] = ["10.0.0.1:3260"]  # type: ignore[index]
+    targets[contract.target_iqn(plain)]["acls"].clear()  # type: ignore[attr-defined]
+    targets[contract.target_iqn(gone)]["portals"] = []  # type: ignore[index]
+    (world.tmp / "pool" / f"{gone}.img").unlink()
+    world.stop()
+    world.restart()
+    drift = world.service.reconcile()  # what the controller does at start
+    assert any("does not ask for CHAP" in d and d.endswith("repaired from its record") for d in drift), drift
+    assert any("not repaired: its data is missing" in d for d in drift), drift
+    conditions = listed(world)
+    assert not conditions[chap].abnormal, conditions[chap].message
+    assert conditions[plain].abnormal and conditions[plain].message == (
+        f"no ACL lets {INITIATOR} in, though the volume is published to it")
+    assert not (world.tmp / "pool" / f"{gone}.img").exists()  # nothing allocated over missing data
+    assert conditions[gone].abnormal and "missing from pool default" in conditions[gone].message
+    assert "does not listen on portal" in conditions[gone].message
