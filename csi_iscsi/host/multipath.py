@@ -308,9 +308,9 @@ class Multipath:
         """multipathd's view of the map's paths. Raises CommandFailed if multipathd cannot answer."""
         return self.all_path_states().get(wwid, [])
 
-    def all_path_states(self) -> dict[str, list[PathState]]:
+    def all_path_states(self, timeout: float = 10) -> dict[str, list[PathState]]:
         """multipathd's view of every path, by WWID, from one call."""
-        out = self._runner.run([MULTIPATHD, "show", "paths", "raw", "format", "%w %d %t %T"], timeout=10).stdout
+        out = self._runner.run([MULTIPATHD, "show", "paths", "raw", "format", "%w %d %t %T"], timeout=timeout).stdout
         states: dict[str, list[PathState]] = {}
         for line in out.splitlines():
             # The checker state may hold a space ("i/o pending"): it is the rest of the line.

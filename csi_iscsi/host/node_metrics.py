@@ -4,6 +4,7 @@ a path lost behind the plugin's back is seen at the next scrape, not at the next
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily
@@ -17,11 +18,23 @@ log = logging.getLogger(__name__)
 class NodePathCollector(Collector):
     def __init__(self, health: Callable[[], list[PathHealth]]) -> None:
         self._health = health
+        self._reading = threading.Lock()
+        self._last: list[GaugeMetricFamily] = []
 
     def describe(self) -> list[GaugeMetricFamily]:
         return []  # read at scrape time only, never at registration
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        if not self._reading.acquire(blocking=False):
+            yield from self._last  # a scrape is asking multipathd now: no pile-up behind it
+            return
+        try:
+            self._last = list(self._read())
+        finally:
+            self._reading.release()
+        yield from self._last
+
+    def _read(self) -> Iterator[GaugeMetricFamily]:
         paths = GaugeMetricFamily("csi_iscsi_volume_paths", "A staged volume's paths as multipathd sees them, "
                                   "active or down", labels=["volume_id", "state"])
         portals = GaugeMetricFamily("csi_iscsi_volume_portals", "The paths a staged volume was staged with (its "

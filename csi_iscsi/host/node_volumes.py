@@ -415,7 +415,9 @@ class NodeVolumes:
         states = [s for s in self._states.all() if s.phase == STAGED]
         every: dict[str, list[PathState]] | None = None
         if self._multipath is not None and any(self._on_map(s) for s in states):
-            every = self._multipath.all_path_states()  # raises: the scrape says it could not tell
+            # Bounded short: a scrape must answer within Prometheus' own timeout. Raises: the scrape
+            # then says it could not tell.
+            every = self._multipath.all_path_states(timeout=3)
         health = []
         for state in states:
             abnormal, _ = self._condition(state, every)
@@ -423,16 +425,28 @@ class NodeVolumes:
                 paths = every.get(state.wwid, [])
                 down = len(bad_paths(paths, self._multipath.slaves(state.wwid)))
                 active = len(paths) - down
-            else:
-                active, down = (1, 0) if os.path.exists(state.device) else (0, 1)
-            health.append(PathHealth(state.volume_id, len(state.portals), active, down, abnormal))
+                health.append(PathHealth(state.volume_id, len(state.portals), active, down, abnormal))
+            else:  # one path: the one portal it logged in on, up while its device runs
+                up = self._single_path_state(state) == "running"
+                health.append(PathHealth(state.volume_id, 1, int(up), int(not up), abnormal))
         return health
+
+    def _single_path_state(self, state: StageState) -> str:
+        """The SCSI state of a volume used without a map: running, blocked (its session is
+        recovering), transport-offline, offline, or gone."""
+        if not os.path.exists(state.device):
+            return "gone"
+        name = os.path.basename(os.path.realpath(state.device))
+        return self._scsi.state(name) if name.startswith("sd") else "running"  # a map the node built: no SCSI state
 
     def _condition(self, state: StageState,
                    every: dict[str, list[PathState]] | None = None) -> tuple[bool, str]:
         if not os.path.exists(state.device):
             return True, f"device {state.device} is gone"
         if self._multipath is None or not self._on_map(state):
+            scsi_state = self._single_path_state(state)
+            if scsi_state != "running":
+                return True, f"the volume's one path is {scsi_state}"
             return False, "single path, device present"
         try:
             paths = every.get(state.wwid, []) if every is not None else self._multipath.path_states(state.wwid)

@@ -61,7 +61,7 @@ class StageStateStore:
                 continue
             try:
                 state = self.get(path.stem)
-            except (ValueError, TypeError):
+            except Exception:  # torn, not JSON, not an object: left out, the others still listed
                 continue
             if state is not None:
                 states.append(state)

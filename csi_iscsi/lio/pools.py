@@ -386,6 +386,8 @@ class LvmThinPool:
             if len(fields) == 4 and fields[0] == self.thinpool:
                 size = int(fields[1])
                 data, metadata = (float(f.replace(",", ".")) for f in fields[2:])
+                # The same size available_bytes would ask LVM for: a scrape costs one lvs, not two.
+                self._total = (int(size * self.overprovision), time.monotonic())
                 return PoolUsage(size, int(size * data / 100), data, metadata)
         raise Unavailable(f"thin pool {self.vg}/{self.thinpool} of pool {self.name} does not exist")
 
@@ -483,9 +485,10 @@ def _parse_bool(name: str, key: str, value: str) -> bool:
     return value == "true"
 
 
-def parse_pool_spec(spec: str, runner: Runner) -> Pool:
+def parse_pool_spec(spec: str, runner: Runner, *, create: bool = True) -> Pool:
     """`name=NAME,type=fileio,path=DIR[,overprovision=R][,preallocate=true][,reserve=SIZE]` or
-    `name=NAME,type=lvm-thin,vg=VG,thinpool=LV[,overprovision=R][,usage-limit=PERCENT]`."""
+    `name=NAME,type=lvm-thin,vg=VG,thinpool=LV[,overprovision=R][,usage-limit=PERCENT]`. create:
+    make a fileio pool's directory (the controller); a reader (status) makes nothing."""
     if not _POOL_SPEC.fullmatch(spec):
         raise InvalidArgument(f"pool spec {spec!r} is not key=value[,key=value...]")
     fields = dict(item.split("=", 1) for item in spec.split(","))
@@ -506,7 +509,8 @@ def parse_pool_spec(spec: str, runner: Runner) -> Pool:
             raise InvalidArgument(f"pool {name}: path must be an absolute directory")
         preallocate = _parse_bool(name, "preallocate", fields.pop("preallocate", "false"))
         reserve = _parse_size(name, "reserve", fields.pop("reserve")) if "reserve" in fields else None
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if create:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         pool = FileioPool(name, directory, ratio, preallocate=preallocate, reserve=reserve)
     elif kind == "lvm-thin":
         vg, thin = fields.pop("vg", ""), fields.pop("thinpool", "")

@@ -729,20 +729,11 @@ class LioTargetService:
             self._revoke(record.volume_id, set(extra))
         for missing in sorted(granted - live):
             drift.append(f"volume {record.volume_id}: ACL for {missing} is missing in LIO")
-        # The target's own settings (enabled, portals, authentication, LUN 0) are ensured again
-        # from the record. ACLs are never granted here: a missing one may be a fencing cut short
-        # (ControllerUnpublish revokes first, then writes the record), and only a publish grants.
+        # The target's own settings are reported, not changed: an operator may have disabled a
+        # target or changed it on purpose (a manual fence), and a restart must not undo that.
         with self._lio_lock:
-            faults = [f for f in self._lio.export_faults(record.volume_id, iqn, self.portals,
-                                                         record.authentication != "none", {})]
-        if faults and not self._pool(record.pool).exists(record.volume_id):
-            # Never re-export over missing data: allocating would put an empty file in its place.
-            drift += [f"volume {record.volume_id}: {fault}; not repaired: its data is missing from pool "
-                      f"{record.pool}" for fault in faults]
-        elif faults:
-            self._export(record)
-            self._save(record.volume_id)
-            drift += [f"volume {record.volume_id}: {fault}; repaired from its record" for fault in faults]
+            faults = self._lio.export_faults(record.volume_id, iqn, self.portals, record.authentication != "none", {})
+        drift += [f"volume {record.volume_id}: {fault} (left as it is)" for fault in faults]
         return drift
 
     def _exported(self, record: VolumeRecord) -> tuple[bool, bool]:

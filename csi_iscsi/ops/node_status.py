@@ -5,15 +5,17 @@ the map, and the mounts. One listing serves all volumes: sysfs, one `multipathd 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from csi_iscsi.base.runner import CommandFailed, CommandTimedOut, Runner
+from csi_iscsi.base.errors import CsiIscsiError
+from csi_iscsi.base.runner import Runner
 from csi_iscsi.host.mounts import Mount, MountTable
 from csi_iscsi.host.multipath import MapState, Multipath, PathState, paths_condition
 from csi_iscsi.host.scsi import IscsiSession, Scsi
-from csi_iscsi.host.stage_state import StageState, StageStateStore
+from csi_iscsi.host.stage_state import STAGED, StageState, StageStateStore
 
 
 @dataclass(frozen=True)
@@ -85,15 +87,30 @@ def read_node_status(state_dir: Path, runner: Runner, *, volume_ids: list[str] |
     sessions = [s for s in scsi.iscsi_sessions() if not mine or s.initiator in ("", mine)]
     paths: dict[str, list[PathState]] = {}
     maps: dict[str, MapState] = {}
-    if states:
+    if any(_on_map(s, multipath) for s in states):  # never wakes multipathd for single-path volumes
         try:
-            paths = multipath.all_path_states()
+            paths = multipath.all_path_states(timeout=5)
             maps = multipath.map_states()
-        except (CommandFailed, CommandTimedOut) as exc:
+        except CsiIscsiError as exc:  # failed, timed out, or not installed
             notes.append(f"multipathd did not answer ({exc}); path and map states are not shown")
     mounts = MountTable(mountinfo).all()
     views = [_volume(state, sessions, paths, maps, mounts, scsi, multipath, sysfs) for state in states]
     return NodeStatus(views, notes)
+
+
+def _on_map(state: StageState, multipath: Multipath) -> bool:
+    """Whether the volume was staged over a multipath map (what NodeVolumes decides by too)."""
+    return state.device == str(multipath.map_path(state.wwid))
+
+
+def _canonical(portal: str) -> str:
+    """One spelling of ip:port (sysfs writes addresses its own way: "fd00::2", not "fd00:0::2")."""
+    host, _, port = portal.rpartition(":")
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return portal
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
 def _volume(state: StageState, sessions: list[IscsiSession], every: dict[str, list[PathState]],
@@ -102,7 +119,8 @@ def _volume(state: StageState, sessions: list[IscsiSession], every: dict[str, li
     by_device = {p.device: p for p in every.get(state.wwid, [])}
     views = []
     for portal in state.portals:
-        session = next((s for s in sessions if s.target_iqn == state.target_iqn and s.portal == portal), None)
+        session = next((s for s in sessions if s.target_iqn == state.target_iqn
+                        and _canonical(s.portal) == _canonical(portal)), None)
         if session is None:
             views.append(PathView(portal, None, "none", "", "", "", "", None))
             continue
@@ -137,15 +155,19 @@ def _volume(state: StageState, sessions: list[IscsiSession], every: dict[str, li
 
 def _condition(state: StageState, views: list[PathView], every: dict[str, list[PathState]],
                map_view: MapView | None, multipath: Multipath) -> tuple[bool, str]:
+    if state.phase != STAGED:
+        return False, (f"not staged ({state.phase}): a stage or unstage in flight, or what a failed one "
+                       "left for the next to find")
     if not state.device or not os.path.exists(state.device):
         return True, f"device {state.device or '(none recorded)'} is gone"
-    if map_view is None:
-        return (False, "single path, device present") if any(v.device for v in views) else \
-            (True, "no session has a device for the LUN")
+    if not _on_map(state, multipath):
+        running = [v for v in views if v.device and v.device_state == "running"]
+        return (False, "single path, device present") if running else \
+            (True, "the volume's one path has no running device")
     if not every:
         return True, "multipathd cannot report the paths"
     abnormal, message = paths_condition(len(state.portals), every.get(state.wwid, []),
                                         multipath.slaves(state.wwid))
-    if map_view.queueing.endswith("sec"):
+    if map_view is not None and map_view.queueing.endswith("sec"):
         return True, f"{message}; the map is queueing I/O with no usable path ({map_view.queueing} left)"
     return abnormal, message

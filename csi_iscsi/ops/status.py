@@ -74,6 +74,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--host-pid", type=int, default=None,
                    help="run multipathd in this PID's namespaces and read its mounts (1 in the plugin's container)")
     p.add_argument("--initiator-name-file", type=Path, default=Path("/etc/iscsi/initiatorname.iscsi"))
+    p.add_argument("--initiator-iqn", default="", help="the node plugin's --initiator-iqn, if it was given one")
     p.add_argument("--pool", action="append", default=[], metavar="SPEC",
                    help="the controller's pools (its --pool values), to check each volume's data")
     p.add_argument("--portal", action="append", default=[], help="the controller's portals, to check the targets'")
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             from csi_iscsi.host.initiator import read_initiator_name
 
             try:
-                initiator = read_initiator_name(args.initiator_name_file)
+                initiator = read_initiator_name(args.initiator_name_file, args.initiator_iqn)
             except CsiIscsiError:
                 initiator = ""  # every session is shown, whichever initiator it presents
             mountinfo = Path(f"/proc/{args.host_pid}/mountinfo") if args.host_pid else Path("/proc/self/mountinfo")
@@ -107,12 +108,12 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             from csi_iscsi.lio.objects import LioView
             from csi_iscsi.lio.pools import parse_pool_spec
 
-            pools = {pool.name: pool for pool in (parse_pool_spec(s, runner) for s in args.pool)}
+            pools = {pool.name: pool for pool in (parse_pool_spec(s, runner, create=False) for s in args.pool)}
             target = read_target_status(args.state_dir, LioView(), pools, args.portal,
                                         prefix=args.target_iqn_prefix or contract.DEFAULT_TARGET_IQN_PREFIX,
                                         volume_ids=args.volume_ids)
-    except CsiIscsiError as exc:
-        print(f"status: {exc}", file=sys.stderr)
+    except Exception as exc:  # exit 1 means "a volume is abnormal"; a failure to read is 2
+        print(f"status: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     if args.json:
         json.dump({"node": asdict(node) if node else None, "target": asdict(target) if target else None}, out,

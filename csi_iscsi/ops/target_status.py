@@ -89,7 +89,9 @@ def _volume(record: VolumeRecord, lio: LioReader, pools: dict[str, Pool], presen
     granted = {n.initiator_iqn.lower(): (n, g.readonly) for k, g in record.grants.items() if (n := NodeId.parse(k))}
     acls = [AclView(initiator, granted[initiator][0].node_name if initiator in granted else "", readonly, chap, mutual)
             for initiator, chap, mutual, readonly in lio.acls(iqn)]
-    if record.pool not in pools:
+    if record.state != READY:
+        data = f"not checked ({record.state})"  # a copy in progress, or a delete: the file may be elsewhere
+    elif record.pool not in pools:
         data = f"not checked (pool {record.pool} not given)"
     elif record.pool not in present:
         data = "not checked (the pool could not be listed)"

@@ -76,3 +76,28 @@ def test_no_staged_volume_means_no_series_and_a_silent_multipathd_a_scrape_error
     assert registry.get_sample_value("csi_iscsi_node_scrape_error") == 1
     assert world.volumes.staged(VID) is not None  # a scrape changes nothing
     world.unstage()
+
+
+def test_a_single_path_volume_counts_one_portal_and_is_down_when_its_device_is_not_running(
+        world: NodeWorld) -> None:
+    """Reviewer: a single-path volume counted every portal, so the degraded alert fired for ever,
+    and a dead session still counted as an active path."""
+    from dataclasses import replace
+
+    from csi_iscsi.host.stage_state import StageStateStore
+
+    world.stage()
+    store = StageStateStore(world.tmp / "state")
+    state = store.get(VID)
+    assert state is not None
+    store.put(replace(state, device=str(world.dev / "sdb")))  # staged on one path
+    (world.dev / "sdb").write_text("")
+    (world.sys / "block" / "sdb" / "device" / "state").write_text("running\n")
+    up = scrape(world)
+    assert up.get_sample_value("csi_iscsi_volume_portals", {"volume_id": VID}) == 1
+    assert up.get_sample_value("csi_iscsi_volume_paths", {"volume_id": VID, "state": "active"}) == 1
+    assert up.get_sample_value("csi_iscsi_volume_abnormal", {"volume_id": VID}) == 0
+    (world.sys / "block" / "sdb" / "device" / "state").write_text("transport-offline\n")
+    down = scrape(world)
+    assert down.get_sample_value("csi_iscsi_volume_paths", {"volume_id": VID, "state": "down"}) == 1
+    assert down.get_sample_value("csi_iscsi_volume_abnormal", {"volume_id": VID}) == 1

@@ -130,3 +130,48 @@ def test_target_status_without_the_pools_says_what_it_did_not_check(world: World
     [v] = status.volumes
     assert v.volume_id == vid and v.data == "not checked (pool default not given)" and not v.abnormal
     assert "no --portal given: the targets' portals are not checked" in status.notes
+
+
+def test_a_stage_state_not_staged_is_not_called_abnormal(node_world: NodeWorld) -> None:
+    """Reviewer: a failed stage's memo (phase attaching, no device) showed as ABNORMAL for ever."""
+    from dataclasses import replace
+
+    from csi_iscsi.host.stage_state import StageStateStore
+
+    node_world.stage()
+    store = StageStateStore(node_world.tmp / "state")
+    state = store.get(VID)
+    assert state is not None
+    store.put(replace(state, phase="attaching", device="", mkfs_started=True))
+    [v] = node_status(node_world, "", "").volumes
+    assert not v.abnormal and v.condition.startswith("not staged (attaching)")
+
+
+def test_portals_match_sessions_whatever_their_spelling(node_world: NodeWorld) -> None:
+    from csi_iscsi.ops.node_status import _canonical
+
+    assert _canonical("[fd00:0::2]:3260") == _canonical("[fd00::2]:3260") == "[fd00::2]:3260"
+    assert _canonical("10.0.0.1:3260") == "10.0.0.1:3260"
+
+
+def test_target_status_does_not_call_a_volume_being_made_missing(world: World) -> None:
+    from dataclasses import replace
+
+    vid = world.create().volume_id
+    record = world.service.get(vid)
+    assert record is not None
+    world.service._records.put(replace(record, state="creating"))
+    (world.tmp / "pool" / f"{vid}.img").rename(world.tmp / "pool" / f"{vid}.img.part")  # a copy running
+    [v] = read_target_status(state_dir(world), world.lio, world.pools(), []).volumes
+    assert v.data == "not checked (creating)" and not v.abnormal
+
+
+def test_status_on_the_target_side_creates_no_pool_directory(tmp_path: Path) -> None:
+    from csi_iscsi.base.runner import SubprocessRunner
+    from csi_iscsi.lio.pools import parse_pool_spec
+
+    missing = tmp_path / "typo"
+    pool = parse_pool_spec(f"name=p,type=fileio,path={missing}", SubprocessRunner(), create=False)
+    assert not missing.exists()
+    with pytest.raises(FileNotFoundError):
+        pool.present(["csi-0"])

@@ -174,28 +174,27 @@ def test_a_failed_listing_is_not_asked_again_per_volume(lvm_world: LvmWorld) -> 
     assert all(c.abnormal and "could not be listed" in c.message for c in conditions.values())
 
 
-def test_a_restart_repairs_the_target_from_its_record_but_never_grants_an_acl(world: World) -> None:
-    """Reviewer's M3: the docs said a restart mends what it did not. Now it ensures the target's own
-    settings again; an ACL stays a publish's to grant (a missing one may be a fencing cut short)."""
+def test_a_restart_reports_what_lio_lacks_and_changes_nothing_an_operator_may_have_set(world: World) -> None:
+    """A disabled target or changed settings may be an operator's fence: a controller start names
+    them and leaves them; it never grants an ACL, and never allocates over missing data."""
     chap = world.create("pvc-chap", authentication="chap").volume_id
     plain = world.create("pvc-plain").volume_id
     gone = world.create("pvc-gone").volume_id
     world.publish(plain)
     targets = world.lio.targets
     targets[contract.target_iqn(chap)]["chap"] = False
-    targets[contract.target_iqn(plain)]["portals"] = ["10.0.0.1:3260"]  # type: ignore[index]
     targets[contract.target_iqn(plain)]["acls"].clear()  # type: ignore[attr-defined]
     targets[contract.target_iqn(gone)]["portals"] = []  # type: ignore[index]
     (world.tmp / "pool" / f"{gone}.img").unlink()
     world.stop()
     world.restart()
     drift = world.service.reconcile()  # what the controller does at start
-    assert any("does not ask for CHAP" in d and d.endswith("repaired from its record") for d in drift), drift
-    assert any("not repaired: its data is missing" in d for d in drift), drift
+    assert any("does not ask for CHAP" in d and d.endswith("(left as it is)") for d in drift), drift
+    assert targets[contract.target_iqn(chap)]["chap"] is False
+    assert targets[contract.target_iqn(plain)]["acls"] == {}
+    assert not (world.tmp / "pool" / f"{gone}.img").exists()
     conditions = listed(world)
-    assert not conditions[chap].abnormal, conditions[chap].message
+    assert conditions[chap].abnormal and "does not ask for CHAP" in conditions[chap].message
     assert conditions[plain].abnormal and conditions[plain].message == (
         f"no ACL lets {INITIATOR} in, though the volume is published to it")
-    assert not (world.tmp / "pool" / f"{gone}.img").exists()  # nothing allocated over missing data
     assert conditions[gone].abnormal and "missing from pool default" in conditions[gone].message
-    assert "does not listen on portal" in conditions[gone].message
