@@ -1,5 +1,5 @@
 import sys
 
-from csi_iscsi.cli import main
+from csi_iscsi.entry import main
 
 sys.exit(main())

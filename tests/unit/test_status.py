@@ -175,3 +175,16 @@ def test_status_on_the_target_side_creates_no_pool_directory(tmp_path: Path) -> 
     assert not missing.exists()
     with pytest.raises(FileNotFoundError):
         pool.present(["csi-0"])
+
+
+def test_the_status_command_does_not_import_the_serving_stack(tmp_path: Path) -> None:
+    """Status is for a person at a prompt: under emulation the CLI's imports alone took seconds."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "csi_iscsi", "status", "--state-dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "nothing to show" in proc.stderr
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "csi_iscsi.ops.status" in imported
+    assert not imported & {"csi_iscsi.cli", "csi_iscsi.server", "csi_iscsi.servicers.node", "csi_iscsi.health"}
