@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY, start_http_server
 
 from csi_iscsi import __version__
 from csi_iscsi.base.errors import CsiIscsiError, FailedPrecondition
+from csi_iscsi.base.locks import VolumeLocks
 from csi_iscsi.base.ownership import StateDirLock
 from csi_iscsi.base.runner import SubprocessRunner
 from csi_iscsi.contract import (
@@ -28,6 +29,7 @@ from csi_iscsi.contract import (
 from csi_iscsi.health import HealthServer, grpc_answers
 from csi_iscsi.host.attach import Attacher, AttachTimeouts
 from csi_iscsi.host.filesystem import Filesystems
+from csi_iscsi.host.healer import Healer
 from csi_iscsi.host.initiator import DEFAULT_FILE, read_initiator_name
 from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
 from csi_iscsi.host.mounts import MountTable
@@ -107,6 +109,10 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--device-timeout", type=float, default=30.0,
                       help="seconds to wait for the SCSI device and the multipath map after login")
     node.add_argument("--detach-timeout", type=float, default=60.0, help="bound on a whole detach")
+    node.add_argument("--heal-interval", type=float, default=30.0,
+                      help="seconds between self-heal passes over staged volumes (lost sessions, devices and "
+                           "map paths are brought back); 0 turns self-healing off")
+    node.add_argument("--heal-workers", type=int, default=4, help="volumes repaired at once by self-heal")
 
     sub.add_parser("controller", parents=[common, controller], help="serve Identity + Controller")
     sub.add_parser("node", parents=[common, node], help="serve Identity + Node")
@@ -166,6 +172,7 @@ def build_services(args: argparse.Namespace) -> Services:
     node: NodeServicer | None = None
     checks: list[Callable[[], tuple[bool, str]]] = []
     owned: list[StateDirLock] = []
+    background: list[Healer] = []
     if args.mode in ("controller", "all"):
         bad = [p for p in args.portal if not is_portal(p)]
         if bad:
@@ -198,7 +205,12 @@ def build_services(args: argparse.Namespace) -> Services:
             identity = _node_identity(args, name)
             return identity, _node_volumes(args, runner, identity)
         deferred = DeferredNode(make_node)
-        node = NodeServicer(deferred)
+        if args.heal_interval < 0 or args.heal_workers < 1:
+            raise CsiIscsiError("--heal-interval must be >= 0 (0: off) and --heal-workers >= 1")
+        locks = VolumeLocks()
+        node = NodeServicer(deferred, locks=locks)
+        if args.heal_interval > 0:
+            background.append(Healer(lambda: deferred.get()[1], locks, args.heal_interval, workers=args.heal_workers))
         if args.metrics_address:
             REGISTRY.register(NodePathCollector(lambda: deferred.get()[1].path_health()))
         checks.append(deferred.ready)
@@ -211,7 +223,8 @@ def build_services(args: argparse.Namespace) -> Services:
                 return ok, why
         return True, "ready"
 
-    return Services(identity=IdentityServicer(readiness), controller=controller, node=node, owned=owned)
+    return Services(identity=IdentityServicer(readiness), controller=controller, node=node, owned=owned,
+                    background=background)
 
 
 def _own(directory: Path, who: str) -> StateDirLock:
@@ -242,7 +255,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert isinstance(identity, IdentityServicer)
         HealthServer(args.health_address, lambda: grpc_answers(args.endpoint), identity.readiness).start()
     log.info("csi-iscsi %s starting in %s mode", __version__, args.mode)
-    server.serve_until_signal(args.grace_period)
+    for loop in services.background:
+        loop.start()
+    try:
+        server.serve_until_signal(args.grace_period)
+    finally:
+        for loop in services.background:
+            loop.stop()
     return 0
 
 

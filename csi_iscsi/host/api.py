@@ -38,6 +38,16 @@ class PathHealth:
     abnormal: bool  # what NodeGetVolumeStats would report
 
 
+@dataclass(frozen=True)
+class Repair:
+    """One step a self-heal pass took, or could not take, on a volume's attachment."""
+
+    action: str  # record | login | rescan | map
+    where: str  # the portal, or the paths
+    ok: bool
+    detail: str
+
+
 class NodeBackend(Protocol):
     def stage(self, volume_id: str, target: TargetInfo, staging_path: str, access_type: str, fs_type: str,
               mount_flags: list[str], chap: Chap | None) -> None: ...
@@ -48,3 +58,6 @@ class NodeBackend(Protocol):
     def expand(self, volume_id: str, volume_path: str, required_bytes: int = 0) -> int: ...
     def stats(self, volume_id: str, volume_path: str) -> VolumeStats: ...
     def path_health(self) -> list[PathHealth]: ...
+    def staged_ids(self) -> list[str]: ...
+    def heal_gaps(self, volume_id: str) -> list[str]: ...
+    def heal(self, volume_id: str) -> tuple[list[str], list[Repair]]: ...

@@ -18,7 +18,8 @@ from csi_iscsi.base.errors import CsiIscsiError, DeadlineExceeded, FailedPrecond
 from csi_iscsi.base.faults import fault_point
 from csi_iscsi.base.runner import CommandFailed, CommandTimedOut
 from csi_iscsi.chap import Chap
-from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
+from csi_iscsi.host.api import Repair
+from csi_iscsi.host.iscsiadm import EXIT_NO_OBJS_FOUND, Iscsiadm, SessionSettings
 from csi_iscsi.host.multipath import Multipath
 from csi_iscsi.host.scsi import IscsiSession, Scsi
 
@@ -116,6 +117,90 @@ class Attacher:
                 self._multipath.restore_queueing(wwid)
         fault_point("stage.after_device")
         return Attachment(target_iqn, wwid, device, tuple(paths), tuple(failed))
+
+    def gaps(self, target_iqn: str, portals: list[str], lun: int, wwid: str) -> list[str]:
+        """What a whole multipath attachment has and this one lacks, read from sysfs alone (no
+        command, so every staged volume can be looked at often): a portal with no session, a
+        logged-in session with no device for the LUN, a device not under the map. A session iscsid
+        is recovering (FAILED) is not a gap: iscsid brings it back, or replacement_timeout fails it
+        over."""
+        assert self._multipath is not None
+        sessions = self.sessions(target_iqn)
+        have = {s.portal.lower() for s in sessions}
+        found = [f"{portal}: no session" for portal in portals if portal.lower() not in have]
+        slaves = set(self._multipath.slaves(wwid))
+        for session in sessions:
+            if not session.logged_in:
+                continue
+            devices = self._scsi.devices(session.sid, lun)
+            if not devices:
+                found.append(f"{session.portal}: session {session.sid} has no device for LUN {lun}")
+            found += [f"{session.portal}: {d.name} is not in map {wwid}" for d in devices if d.name not in slaves]
+        return found
+
+    def repair(self, target_iqn: str, portals: list[str], lun: int, wwid: str, chap: Chap | None,
+               may_make_records: bool) -> list[Repair]:
+        """Make a staged multipath attachment whole again, touching nothing that is there: log in
+        on every portal without a session (making its node record again only when
+        may_make_records: a CHAP volume's secret is only ever in memory), scan the LUN on a session
+        without its device, and wait for multipathd to put every path (checked to carry the WWID)
+        under the map. Each step bounded by the attach timeouts."""
+        assert self._multipath is not None
+        done: list[Repair] = []
+        with self._iscsiadm.iface_in_use(self._settings):
+            have = {s.portal.lower() for s in self.sessions(target_iqn)}
+            for portal in portals:
+                if portal.lower() not in have:
+                    done += self._login_again(target_iqn, portal, chap, may_make_records)
+            paths = []
+            for session in self.sessions(target_iqn):
+                if not session.logged_in:
+                    continue
+                if not self._scsi.devices(session.sid, lun):
+                    try:
+                        self._scsi.scan_lun(session.sid, lun)
+                    except OSError as exc:
+                        done.append(Repair("rescan", session.portal, False, f"scanning LUN {lun}: {exc}"))
+                        continue
+                    done.append(Repair("rescan", session.portal, True, f"session {session.sid}: LUN {lun} scanned"))
+                try:
+                    paths.append(self._wait_for_device(session.sid, lun, wwid))
+                except CsiIscsiError as exc:
+                    done.append(Repair("rescan", session.portal, False, str(exc)))
+            outside = sorted(set(paths) - set(self._multipath.slaves(wwid)))
+            if outside:
+                try:
+                    self._multipath.wait_for_map(wwid, paths, self._timeouts.multipath_map)
+                    done.append(Repair("map", ",".join(outside), True, f"back under map {wwid}"))
+                except CsiIscsiError as exc:
+                    done.append(Repair("map", ",".join(outside), False, str(exc)))
+        return done
+
+    def _login_again(self, target_iqn: str, portal: str, chap: Chap | None, may_make_records: bool) -> list[Repair]:
+        iface = self._settings.iface
+        try:
+            self._iscsiadm.login(target_iqn, portal, timeout=self._timeouts.login, iface=iface)
+            return [Repair("login", portal, True, "logged in again")]
+        except CommandFailed as exc:
+            if exc.returncode != EXIT_NO_OBJS_FOUND:
+                return [Repair("login", portal, False, str(exc))]
+        except CsiIscsiError as exc:
+            return [Repair("login", portal, False, str(exc))]
+        if not may_make_records:
+            return [Repair("record", portal, False,
+                           "its node record is gone, and the volume logs in with CHAP, whose secret this plugin "
+                           "holds only in memory from the stage (it has restarted since): stage the volume again "
+                           "(restart its pod) to bring the path back")]
+        try:
+            self._iscsiadm.create_node(target_iqn, portal, self._settings, chap, recheck_iface=True)
+        except CsiIscsiError as exc:
+            return [Repair("record", portal, False, str(exc))]
+        made = Repair("record", portal, True, "node record made again")
+        try:
+            self._iscsiadm.login(target_iqn, portal, timeout=self._timeouts.login, iface=iface)
+        except CsiIscsiError as exc:
+            return [made, Repair("login", portal, False, str(exc))]
+        return [made, Repair("login", portal, True, "logged in again")]
 
     def sessions(self, target_iqn: str = "") -> list[IscsiSession]:
         """This node's sessions (of target_iqn, or of any target): those presenting this node's

@@ -92,12 +92,13 @@ class Iscsiadm:
     def _node(self, iqn: str, portal: str, iface: str = "") -> list[str]:
         return ["-m", "node", "-T", iqn, "-p", portal, *(["-I", iface] if iface else [])]
 
-    def ensure_iface(self, settings: SessionSettings) -> None:
+    def ensure_iface(self, settings: SessionSettings, *, recheck: bool = False) -> None:
         """The iface record that makes logins present settings.initiator_name (node records cannot
-        carry iface.initiatorname themselves: iscsiadm refuses to update it in node mode)."""
+        carry iface.initiatorname themselves: iscsiadm refuses to update it in node mode).
+        recheck: look again even if this process made it (a repair: someone may have deleted it)."""
         iface = settings.iface
         with self._iface_lock:
-            if not iface or iface in self._ifaces_made:
+            if not iface or (iface in self._ifaces_made and not recheck):
                 return
             # Listed rather than shown: showing a missing iface is a generic database error (exit 6).
             listing = self._runner.run([ISCSIADM, "-m", "iface"], ok_codes=(0, EXIT_NO_OBJS_FOUND), timeout=30)
@@ -145,9 +146,10 @@ class Iscsiadm:
             except CsiIscsiError as exc:  # the volume is detached; a leftover iface is only untidy
                 log.warning("deleting the iface record %s: %s", iface, exc)
 
-    def create_node(self, iqn: str, portal: str, settings: SessionSettings, chap: Chap | None = None) -> None:
+    def create_node(self, iqn: str, portal: str, settings: SessionSettings, chap: Chap | None = None, *,
+                    recheck_iface: bool = False) -> None:
         """Create (or refresh) the record of one target portal with the given settings."""
-        self.ensure_iface(settings)
+        self.ensure_iface(settings, recheck=recheck_iface)
         node = self._node(iqn, portal, settings.iface)
         self._run([*node, "-o", "new"])
         values = settings.node_settings()

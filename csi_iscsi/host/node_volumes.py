@@ -25,7 +25,7 @@ from csi_iscsi.base.errors import (
 from csi_iscsi.base.faults import fault_point
 from csi_iscsi.base.runner import CommandFailed, CommandTimedOut, Runner
 from csi_iscsi.chap import Chap
-from csi_iscsi.host.api import PathHealth, TargetInfo, VolumeStats
+from csi_iscsi.host.api import PathHealth, Repair, TargetInfo, VolumeStats
 from csi_iscsi.host.attach import Attacher, Attachment
 from csi_iscsi.host.filesystem import Filesystems
 from csi_iscsi.host.iscsiadm import Iscsiadm
@@ -51,6 +51,9 @@ class NodeVolumes:
         self._fs = fs
         self._states = states
         self._mode = multipath_mode
+        # CHAP secrets of the volumes staged by this process, for self-heal to make a lost node
+        # record again: in memory only, never on disk (a restart forgets them).
+        self._chaps: dict[str, Chap] = {}
 
     # Stage -----------------------------------------------------------------------------------
 
@@ -99,6 +102,8 @@ class NodeVolumes:
                 raise AlreadyExists(f"volume {volume_id} is already staged at {known.staging_path} as "
                                     f"{known.access_type}")
             if self._still_staged(known):
+                if chap is not None:
+                    self._chaps[volume_id] = chap  # a restarted plugin learns the secret again here
                 return  # idempotent, and proven: the device is the volume's and a session carries it
             log.info("volume %s is recorded as staged but its device %r is not attached any more (a reboot?); "
                      "attaching it again", volume_id, known.device)
@@ -107,7 +112,9 @@ class NodeVolumes:
         resume_mkfs = (known is not None and known.mkfs_started and known.access_type == access_type == "mount"
                        and known.fs_type == fs_type)
         state = StageState(volume_id, target.iqn, target.portals, target.lun, target.wwid, staging_path,
-                           access_type, fs_type, mkfs_started=resume_mkfs)
+                           access_type, fs_type, mkfs_started=resume_mkfs,
+                           authentication="none" if chap is None else "chap")
+        self._chaps.pop(volume_id, None)
         self._states.put(state)  # before the first login: a crash from here on can be unstaged
         mounted_here = False
         try:
@@ -141,6 +148,8 @@ class NodeVolumes:
                     self._grow_restored(volume_id, attachment.device, found, staging_path, mount_flags)
                 fault_point("stage.after_mount")
             self._states.put(replace(state, phase=STAGED))
+            if chap is not None:
+                self._chaps[volume_id] = chap
         except BaseException:
             try:
                 latest = self._states.get(volume_id) or state
@@ -258,6 +267,7 @@ class NodeVolumes:
 
     def unstage(self, volume_id: str, staging_path: str) -> None:
         """Idempotent, needs no secrets, works without the state file; touches no other volume."""
+        self._chaps.pop(volume_id, None)
         state = self._states.get(volume_id)
         wwid = state.wwid if state is not None else contract.wwid(volume_id)
         guard = (self._maps.queueing_bounded(wwid, self._attacher.queueing_grace)
@@ -276,6 +286,35 @@ class NodeVolumes:
     def staged(self, volume_id: str) -> StageState | None:
         state = self._states.get(volume_id)
         return state if state is not None and state.phase == STAGED else None
+
+    # Self-heal -------------------------------------------------------------------------------
+
+    def staged_ids(self) -> list[str]:
+        return [s.volume_id for s in self._states.all() if s.phase == STAGED]
+
+    def heal_gaps(self, volume_id: str) -> list[str]:
+        """What the volume's attachment lacks (from sysfs, no command). Only a volume staged on
+        its multipath map, with the map there, is looked at: a single path cannot be replaced
+        under its mount (a new login is a new /dev/sdX), and a volume whose map is gone (a
+        reboot) is NodeStage's to attach again."""
+        state = self.staged(volume_id)
+        if state is None or self._multipath is None or not self._on_map(state):
+            return []
+        if self._multipath.dm_name(state.wwid) is None:
+            return []
+        return self._attacher.gaps(state.target_iqn, state.portals, state.lun, state.wwid)
+
+    def heal(self, volume_id: str) -> tuple[list[str], list[Repair]]:
+        """Repair what heal_gaps finds; the caller holds the volume's lock, so no stage or unstage
+        runs meanwhile. Returns the gaps seen and the steps taken."""
+        gaps = self.heal_gaps(volume_id)
+        state = self.staged(volume_id)
+        if not gaps or state is None:
+            return gaps, []
+        chap = self._chaps.get(volume_id)
+        may_make_records = state.authentication == "none" or chap is not None
+        return gaps, self._attacher.repair(state.target_iqn, state.portals, state.lun, state.wwid, chap,
+                                           may_make_records)
 
     # Publish ---------------------------------------------------------------------------------
 

@@ -29,6 +29,9 @@ class StageState:
     device: str = ""
     phase: str = ATTACHING
     mkfs_started: bool = False  # a mkfs ran on the volume and its end was not seen
+    # "chap" or "none": whether self-heal may make a lost node record again without the secret
+    # (kept in memory only). "": a state written before this field.
+    authentication: str = ""
 
 
 class StageStateStore:

@@ -109,14 +109,16 @@ def _target(volume_id: str, publish: dict[str, str], volume: dict[str, str]) -> 
 
 
 class NodeServicer(csi_pb2_grpc.NodeServicer):
-    def __init__(self, identity: NodeIdentity | DeferredNode, volumes: NodeBackend | None = None) -> None:
+    def __init__(self, identity: NodeIdentity | DeferredNode, volumes: NodeBackend | None = None,
+                 locks: VolumeLocks | None = None) -> None:
+        """locks: shared with whatever else changes volumes on this node (self-heal)."""
         if isinstance(identity, DeferredNode):
             self._node = identity
         else:
             assert volumes is not None
             made = (identity, volumes)
             self._node = DeferredNode(lambda: made)
-        self._locks = VolumeLocks()
+        self._locks = locks if locks is not None else VolumeLocks()
 
     @property
     def volumes(self) -> NodeBackend:

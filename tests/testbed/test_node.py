@@ -107,6 +107,11 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path, initiator_iqn: str) -> Iterator[Cluster]:
+    yield from node_cluster(tmp_path, initiator_iqn)
+
+
+def node_cluster(tmp_path: Path, initiator_iqn: str, *node_flags: str) -> Iterator[Cluster]:
+    """A controller with a fileio pool and a node plugin serving metrics; scrubbed however it ends."""
     root = Path("/var/tmp/csi-node-test")
     pool = root / "pool"
     pool.mkdir(parents=True, exist_ok=True)
@@ -117,7 +122,7 @@ def cluster(tmp_path: Path, initiator_iqn: str) -> Iterator[Cluster]:
             tmp_path / "c.sock", tmp_path / "controller.log"))
         node_sock, node_log = tmp_path / "n.sock", tmp_path / "node.log"
         node = stack.enter_context(running([*NODE_ARGS, "--state-dir", str(state), "--metrics-address",
-                                            f"127.0.0.1:{NODE_METRICS_PORT}"], node_sock, node_log))
+                                            f"127.0.0.1:{NODE_METRICS_PORT}", *node_flags], node_sock, node_log))
         try:
             yield Cluster(controller, node, str(NodeId("testbed", initiator_iqn)), root, node_sock, node_log, state)
         finally:
