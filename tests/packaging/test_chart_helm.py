@@ -382,3 +382,11 @@ def test_the_health_monitor_is_optional_and_reads_volume_conditions_with_its_rba
     out = helm("template", "csi-iscsi", str(CHART), "--set", "sidecars.healthMonitor.enabled=true",
                "--set", "controller.workers.plugin=11")
     assert out.returncode != 0 and "health monitor 1" in out.stderr
+
+
+def test_self_heal_is_on_by_default_and_a_zero_interval_turns_it_off(helm: Helm) -> None:
+    """helm 3.18.0 rendered an integer 0 as true: the interval is passed as the number it is."""
+    node = _container(_rendered_with(helm), "DaemonSet", "csi-iscsi")
+    assert {"--heal-interval=30", "--heal-workers=4"} <= set(node["args"])
+    off = _container(_rendered_with(helm, "node.selfHeal.interval=0"), "DaemonSet", "csi-iscsi")
+    assert "--heal-interval=0" in off["args"]

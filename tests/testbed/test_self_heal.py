@@ -85,7 +85,10 @@ def test_paths_taken_away_behind_the_driver_come_back_under_io(healing: Cluster)
         # The record goes first (its files, as a careless cleanup would): iscsiadm refuses to delete a
         # record a session uses, and a logout first would race the next pass.
         address, port = CUT.rsplit(":", 1)
-        subprocess.run(["sh", "-c", f"rm -rf /etc/iscsi/nodes/{iqn}/{address},{port},*"], check=True)
+        # <ip>,<port>[,<tpgt>] (no tpgt for a record made without discovery), holding one file per iface.
+        records = [p for p in Path(f"/etc/iscsi/nodes/{iqn}").iterdir() if p.name.startswith(f"{address},{port}")]
+        assert records, list(Path(f"/etc/iscsi/nodes/{iqn}").iterdir())
+        subprocess.run(["rm", "-rf", *map(str, records)], check=True)
         gone = subprocess.run(["iscsiadm", "-m", "node", "-T", iqn, "-p", CUT], capture_output=True, check=False)
         assert gone.returncode == 21, gone
         sid = sessions(iqn)[CUT][0]
