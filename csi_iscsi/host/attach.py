@@ -148,32 +148,40 @@ class Attacher:
         assert self._multipath is not None
         done: list[Repair] = []
         with self._iscsiadm.iface_in_use(self._settings):
-            have = {s.portal.lower() for s in self.sessions(target_iqn)}
+            before = self.sessions(target_iqn)
+            had_devices = {d.name for s in before if s.logged_in for d in self._scsi.devices(s.sid, lun)}
+            outside = sorted(had_devices - set(self._multipath.slaves(wwid)))
+            have = {s.portal.lower() for s in before}
             for portal in portals:
                 if portal.lower() not in have:
                     done += self._login_again(target_iqn, portal, chap, may_make_records)
+            old = {s.sid for s in before}
             paths = []
             for session in self.sessions(target_iqn):
                 if not session.logged_in:
                     continue
                 if not self._scsi.devices(session.sid, lun):
+                    # A new session is scanned as an attach scans it (node.session.scan is manual): part
+                    # of its login. An old one that lost its device is a repair of its own.
                     try:
                         self._scsi.scan_lun(session.sid, lun)
                     except OSError as exc:
                         done.append(Repair("rescan", session.portal, False, f"scanning LUN {lun}: {exc}"))
                         continue
-                    done.append(Repair("rescan", session.portal, True, f"session {session.sid}: LUN {lun} scanned"))
+                    if session.sid in old:
+                        done.append(Repair("rescan", session.portal, True, f"session {session.sid}: LUN {lun} scanned"))
                 try:
                     paths.append(self._wait_for_device(session.sid, lun, wwid))
                 except CsiIscsiError as exc:
                     done.append(Repair("rescan", session.portal, False, str(exc)))
-            outside = sorted(set(paths) - set(self._multipath.slaves(wwid)))
-            if outside:
+            if not set(paths) <= set(self._multipath.slaves(wwid)):
                 try:
                     self._multipath.wait_for_map(wwid, paths, self._timeouts.multipath_map)
-                    done.append(Repair("map", ",".join(outside), True, f"back under map {wwid}"))
+                    if outside:
+                        done.append(Repair("map", ",".join(outside), True, f"back under map {wwid}"))
                 except CsiIscsiError as exc:
-                    done.append(Repair("map", ",".join(outside), False, str(exc)))
+                    missing = sorted(set(paths) - set(self._multipath.slaves(wwid)))
+                    done.append(Repair("map", ",".join(missing), False, str(exc)))
         return done
 
     def _login_again(self, target_iqn: str, portal: str, chap: Chap | None, may_make_records: bool) -> list[Repair]:

@@ -104,7 +104,8 @@ def test_paths_taken_away_behind_the_driver_come_back_under_io(healing: Cluster)
                     f"session{sessions(iqn)[CUT][0]}/" in str(Path(f"/sys/block/{p[0]}/device").resolve())]
         Path(f"/sys/block/{device}/device/delete").write_text("1")
         device_deleted = wait_for(lambda: whole(iqn, wwid), 60)
-        assert heal_actions().get("rescan/ok") == 1, heal_actions()
+        # Each login also scanned its new session's LUN (part of the login); this rescan is the third repair.
+        assert heal_actions() == {"login/ok": 2, "record/ok": 1, "rescan/ok": 1}, heal_actions()
     finally:
         output, _ = job.communicate(timeout=300)
     print(f"healed: logout {logged_out:.1f} s, logout + record deleted {record_deleted:.1f} s, "
@@ -112,7 +113,6 @@ def test_paths_taken_away_behind_the_driver_come_back_under_io(healing: Cluster)
     assert job.returncode == 0, output
     log = cluster.node_log.read_text(errors="replace")
     assert f"self-heal of volume {volume.volume_id}: login on {CUT}" in log, tail(cluster.node_log)
-    assert heal_actions().get("login/failed", 0) == 0, heal_actions()
     cluster.detach(volume)
     assert leftovers(volume.volume_id) == []
     cluster.delete(volume)

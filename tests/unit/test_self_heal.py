@@ -75,6 +75,20 @@ def test_a_session_logged_out_behind_the_driver_is_logged_in_again(world: World)
     assert attacher.gaps(IQN, PORTALS, 0, WWID) == []
 
 
+def test_a_new_session_is_scanned_as_part_of_its_login(world: World) -> None:
+    """node.session.scan is manual: a session logged in again has no device until its LUN is scanned."""
+    runner, attacher, sys_ = world
+    hide(sys_, SDC)
+    hide(sys_, SESSION2)
+    logs_in_again(runner, sys_)
+    scsi = ScanningScsi(sys_)
+    attacher._scsi = scsi
+    done = attacher.repair(IQN, PORTALS, 0, WWID, None, may_make_records=True)
+    assert done == [Repair("login", PORTALS[1], True, "logged in again")]  # no separate rescan counted
+    assert scsi.scans == [(2, 0)]
+    assert attacher.gaps(IQN, PORTALS, 0, WWID) == []
+
+
 def test_a_lost_record_is_made_again_when_the_volume_needs_no_secret(world: World) -> None:
     runner, attacher, sys_ = world
     hide(sys_, SESSION2)
