@@ -207,7 +207,7 @@ def build_services(args: argparse.Namespace) -> Services:
         deferred = DeferredNode(make_node)
         if args.heal_interval < 0 or args.heal_workers < 1:
             raise CsiIscsiError("--heal-interval must be >= 0 (0: off) and --heal-workers >= 1")
-        locks = VolumeLocks()
+        locks = VolumeLocks(args.state_dir / "node" / "locks")  # shared with csi-iscsi doctor
         node = NodeServicer(deferred, locks=locks)
         if args.heal_interval > 0:
             background.append(Healer(lambda: deferred.get()[1], locks, args.heal_interval, workers=args.heal_workers))
