@@ -43,7 +43,7 @@ from csi_iscsi.lio.pool_metrics import PoolCollector
 from csi_iscsi.lio.pools import Pool, parse_pool_spec
 from csi_iscsi.lio.saveconfig import DEBIAN_SAVE_FILE, SavedConfig
 from csi_iscsi.lio.service import LioTargetService
-from csi_iscsi.ops import status
+from csi_iscsi.ops import doctor, status
 from csi_iscsi.server import CsiServer, Services
 from csi_iscsi.servicers.controller import ControllerServicer
 from csi_iscsi.servicers.identity import IdentityServicer
@@ -118,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("node", parents=[common, node], help="serve Identity + Node")
     sub.add_parser("all", parents=[common, controller, node], help="serve all three (testbed, demos)")
     status.add_parser(sub)
+    doctor.add_parser(sub, parents=[node])
     return p
 
 
@@ -143,7 +144,10 @@ def _node_identity(args: argparse.Namespace, name: str) -> NodeIdentity:
     return NodeIdentity(node_id, args.zone, args.max_volumes)
 
 
-def _node_volumes(args: argparse.Namespace, runner: SubprocessRunner, identity: NodeIdentity) -> NodeVolumes:
+def _node_volumes(args: argparse.Namespace, runner: SubprocessRunner, identity: NodeIdentity, *,
+                  beside_the_plugin: bool = False) -> NodeVolumes:
+    """beside_the_plugin: for csi-iscsi doctor, which runs next to a serving plugin: the state store
+    leaves temp files alone (they may be the plugin's writes in flight)."""
     settings = SessionSettings(login_timeout=args.login_timeout, login_retries=args.login_retries,
                                replacement_timeout=args.replacement_timeout,
                                noop_out_interval=args.noop_interval, noop_out_timeout=args.noop_timeout,
@@ -162,7 +166,7 @@ def _node_volumes(args: argparse.Namespace, runner: SubprocessRunner, identity: 
         attacher=Attacher(iscsiadm, scsi, multipath, settings, timeouts, maps=maps),
         single_path_attacher=Attacher(iscsiadm, scsi, None, settings, timeouts, maps=maps),
         fs=Filesystems(runner, MountTable(mountinfo), probe_timeout=args.device_timeout),
-        states=StageStateStore(args.state_dir / "node" / "volumes"),
+        states=StageStateStore(args.state_dir / "node" / "volumes", readonly=beside_the_plugin),
         multipath_mode=args.multipath, maps=maps)
 
 
@@ -239,6 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mode == "status":
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
         return status.run(args)
+    if args.mode == "doctor":
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        return doctor.run(args, lambda identity, runner: _node_volumes(args, runner, identity, beside_the_plugin=True),
+                          lambda: _node_identity(args, _node_name(args)))
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -289,6 +289,28 @@ class Multipath:
                     continue  # gone while we looked
         return found
 
+    def all_maps(self) -> dict[str, tuple[str, list[str]]]:
+        """Every multipath map on this kernel: name -> (the WWID its uuid carries, its paths)."""
+        found: dict[str, tuple[str, list[str]]] = {}
+        for dm, name, uuid in self._maps():
+            if uuid.startswith("mpath-"):
+                try:
+                    found[name] = (uuid.removeprefix("mpath-"),
+                                   sorted(p.name for p in (self._sys / "block" / dm / "slaves").iterdir()))
+                except OSError:
+                    continue  # gone while we looked
+        return found
+
+    def is_open(self, name: str) -> bool:
+        """Whether anything holds the map open (a mount, a process, a device stacked on it)."""
+        dm = self.dm_name(name)
+        if dm is None:
+            return False
+        if any((self._sys / "block" / dm / "holders").glob("*")):
+            return True
+        out = self._runner.run([DMSETUP, "info", "-c", "--noheadings", "-o", "open", name], timeout=10).stdout
+        return out.strip() not in ("", "0")
+
     def maps_over(self, devices: Collection[str]) -> list[str]:
         """Names of the multipath maps built over any of devices (sdX), whatever they are named:
         with user_friendly_names a map over the volume's paths is mpathN, not its WWID."""

@@ -283,6 +283,15 @@ class NodeVolumes:
             fault_point("unstage.after_umount")
             self._detach(volume_id, state)  # the staging directory itself is the CO's: left in place
 
+    def detach_unowned(self, volume_id: str) -> None:
+        """csi-iscsi doctor --fix: the safe detach of a volume's target that no stage state names
+        (a session logged in by hand, what a crash between the detach and the state's removal
+        left). The caller holds the volume's lock; refused while the volume has a state, or any of
+        its devices is mounted or held."""
+        if self._states.get(volume_id) is not None:
+            raise FailedPrecondition(f"volume {volume_id} has a stage state: NodeUnstageVolume is what detaches it")
+        self._detach(volume_id, None)
+
     def staged(self, volume_id: str) -> StageState | None:
         state = self._states.get(volume_id)
         return state if state is not None and state.phase == STAGED else None

@@ -1,0 +1,75 @@
+"""`csi-iscsi doctor [--fix]` on a worker: what no stage state owns (csi_iscsi.ops.node_doctor),
+printed with why and what --fix would do; with --fix, cleared. Exit 0 when nothing is found (or
+everything found was cleared), 1 when something is left, 2 when the host could not be read."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
+
+from csi_iscsi.base.errors import CsiIscsiError
+from csi_iscsi.base.locks import VolumeLocks
+from csi_iscsi.base.runner import SubprocessRunner
+from csi_iscsi.host.iscsiadm import SessionSettings
+from csi_iscsi.host.node_volumes import NodeVolumes
+from csi_iscsi.host.stage_state import StageStateStore
+from csi_iscsi.ops.node_doctor import Finding, NodeDoctor
+from csi_iscsi.servicers.node import NodeIdentity
+
+
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("doctor", parents=parents,
+                       help="find (and with --fix clear) what no volume owns on this worker")
+    p.add_argument("--fix", action="store_true",
+                   help="clear what is provably orphaned, in the safe detach order (default: only report)")
+    p.add_argument("--json", action="store_true", help="JSON for tools instead of text")
+    p.add_argument("--state-dir", type=Path, default=Path("/var/lib/csi-iscsi"))
+    p.add_argument("--host-pid", type=int, default=None,
+                   help="run the host's tools in this PID's namespaces and read its mounts (1 in the plugin's "
+                        "container)")
+
+
+def render(findings: list[Finding], fixing: bool, out: TextIO) -> None:
+    if not findings:
+        print("nothing found: every session, record, map and state on this node belongs to a staged volume",
+              file=out)
+    for f in findings:
+        whose = f" (volume {f.volume_id})" if f.volume_id else ""
+        print(f"{f.kind}: {f.subject}{whose}", file=out)
+        print(f"  why: {f.why}", file=out)
+        if fixing:
+            print(f"  fix: {f.result}", file=out)
+        else:
+            print(f"  --fix would: {f.fix}" if f.fix else "  --fix leaves it: check it by hand", file=out)
+
+
+def run(args: argparse.Namespace, make_volumes: Callable[[NodeIdentity, SubprocessRunner], NodeVolumes],
+        identity: Callable[[], NodeIdentity], out: TextIO = sys.stdout) -> int:
+    runner = SubprocessRunner(host_pid=args.host_pid)
+    mountinfo = Path(f"/proc/{args.host_pid}/mountinfo") if args.host_pid else Path("/proc/self/mountinfo")
+    try:
+        node = identity()
+        initiator = node.node_id.initiator_iqn
+        doctor = NodeDoctor(args.state_dir, runner, initiator=initiator,
+                            iface=SessionSettings(initiator_name=initiator).iface, mountinfo=mountinfo)
+        findings = doctor.find()
+        if args.fix and findings:
+            states = StageStateStore(args.state_dir / "node" / "volumes", readonly=True)
+            findings = doctor.fix(findings, make_volumes(node, runner),
+                                  VolumeLocks(args.state_dir / "node" / "locks"), states)
+    except (CsiIscsiError, OSError) as exc:
+        print(f"doctor: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        json.dump({"fixed": bool(args.fix), "findings": [asdict(f) for f in findings]}, out, indent=2)
+        print(file=out)
+    else:
+        render(findings, bool(args.fix), out)
+    if args.fix:
+        return 1 if any(not f.result.startswith("cleared") for f in findings) else 0
+    return 1 if findings else 0

@@ -1,0 +1,235 @@
+"""`csi-iscsi doctor` on a worker: what no stage state owns, found from the host (sysfs, iscsiadm's
+records, device-mapper, mountinfo), and with --fix cleared in the safe detach order.
+
+Ownership is the stage state: the plugin writes a volume's state before its first login and
+removes it only after the detach, so a session, record or map of the driver's targets (IQNs
+ending in a volume id) without one is left by a crash between those points or made by hand.
+Every fix runs under the volume's lock, which the running plugin shares (an flock per volume),
+and looks again under it: a volume staged meanwhile is left alone. Nothing in use (mounted, held
+open) is ever detached or flushed. Reads only unless --fix."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from csi_iscsi import contract
+from csi_iscsi.base.errors import Aborted, CsiIscsiError
+from csi_iscsi.base.locks import VolumeLocks
+from csi_iscsi.base.runner import Runner
+from csi_iscsi.host.iscsiadm import EXIT_NO_OBJS_FOUND, ISCSIADM
+from csi_iscsi.host.mounts import MountTable
+from csi_iscsi.host.multipath import Multipath
+from csi_iscsi.host.node_volumes import NodeVolumes
+from csi_iscsi.host.scsi import Scsi
+from csi_iscsi.host.stage_state import STAGED, StageState, StageStateStore
+
+# What each kind of finding is, for the text output and docs/operations.md.
+SESSION, RECORD, MAP, STATE, MOUNT, IFACE = "session", "record", "map", "state", "mount", "iface"
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    subject: str  # what it is: the session, record, map, file or mount
+    volume_id: str  # whose it is; "" when that cannot be told
+    why: str  # why it is an orphan
+    fix: str  # what --fix does to it; "" when doctor only reports it
+    result: str = ""  # after --fix: "cleared", or why it was left
+
+
+def _volume_of(target_iqn: str) -> str:
+    suffix = target_iqn.rpartition(":")[2]
+    return suffix if contract.is_volume_id(suffix) else ""
+
+
+def parse_records(text: str) -> list[tuple[str, str, str]]:
+    """`iscsiadm -m node -P 1`: a "Target:" line, its "Portal: ip:port,tpgt" lines, and under each
+    portal an "Iface Name:" line per record."""
+    iqn = portal = ""
+    found = []
+    for raw in text.splitlines():
+        key, _, value = raw.strip().partition(":")
+        if key == "Target":
+            iqn = value.strip()
+        elif key == "Portal":
+            portal = value.strip().rsplit(",", 1)[0]
+        elif key == "Iface Name" and iqn and portal:
+            found.append((iqn, portal, value.strip()))
+    return found
+
+
+class NodeDoctor:
+    def __init__(self, state_dir: Path, runner: Runner, *, initiator: str = "", iface: str = "",
+                 sysfs: Path = Path("/sys"), dev: Path = Path("/dev"),
+                 mountinfo: Path = Path("/proc/self/mountinfo")) -> None:
+        """initiator: this node's initiator name (sessions presenting another are another node's,
+        on a shared iscsid); iface: the iface record the plugin binds this node's records to."""
+        self._volumes_dir = state_dir / "node" / "volumes"
+        self._states = StageStateStore(self._volumes_dir, readonly=True)
+        self._runner = runner
+        self._initiator = initiator.lower()
+        self._iface = iface
+        self._scsi = Scsi(sysfs)
+        self._multipath = Multipath(runner, dev=dev, sysfs=sysfs)
+        self._mounts = MountTable(mountinfo)
+
+    def _owned(self) -> set[str]:
+        """Every volume with a state file, readable or not: one that cannot be parsed is still owned."""
+        if not self._volumes_dir.is_dir():
+            return set()
+        return {p.stem for p in self._volumes_dir.glob("*.json") if contract.is_volume_id(p.stem)}
+
+    def _records(self) -> list[tuple[str, str, str]]:
+        """(target IQN, portal, iface) of every node record on this host, from one listing."""
+        out = self._runner.run([ISCSIADM, "-m", "node", "-P", "1"], ok_codes=(0, EXIT_NO_OBJS_FOUND),
+                               timeout=30).stdout
+        return parse_records(out)
+
+    def _mine(self, iface: str) -> bool:
+        """A record this node judges: on its own iface, or the default one (made by hand). Records on
+        another csi- iface are another node's, on a shared iscsid."""
+        return not self._iface or iface in (self._iface, "default")
+
+    def find(self) -> list[Finding]:
+        owned = self._owned()
+        states = self._states.all()
+        owned_wwids = {s.wwid for s in states} | {contract.wwid(v) for v in owned}
+        sessions = [s for s in self._scsi.iscsi_sessions()
+                    if not self._initiator or s.initiator in ("", self._initiator)]
+        findings: list[Finding] = []
+        orphan_sessions = set()
+        for s in sessions:
+            vid = _volume_of(s.target_iqn)
+            if vid and vid not in owned:
+                orphan_sessions.add(s.target_iqn)
+                findings.append(Finding(SESSION, f"session {s.sid} to {s.target_iqn} on {s.portal} ({s.state})", vid,
+                                        "no stage state names its volume (logged in by hand, or left by a crash "
+                                        "after a detach began)",
+                                        "detach the volume's target: map, SCSI devices, sessions, node records"))
+        records = self._records()
+        for iqn, portal, iface in records:
+            vid = _volume_of(iqn)
+            if vid and vid not in owned and iqn not in orphan_sessions and self._mine(iface):
+                findings.append(Finding(RECORD, f"node record of {iqn} on {portal} (iface {iface})", vid,
+                                        "no stage state names its volume and no session uses it",
+                                        "delete the volume's node records"))
+        orphan_devices = {d.name for s in sessions if s.target_iqn in orphan_sessions
+                          for d in (self._scsi.devices(s.sid) if self._scsi.session_exists(s.sid) else [])}
+        for name, (wwid, slaves) in sorted(self._multipath.all_maps().items()):
+            if not wwid.startswith(contract.LIO_WWID_PREFIX) or wwid in owned_wwids:
+                continue
+            if slaves and set(slaves) <= orphan_devices:
+                continue  # cleared with its volume's detach, above
+            if not slaves:
+                findings.append(Finding(MAP, f"multipath map {name}", "",
+                                        "an LIO LUN's map with no paths, whose WWID no stage state has (what a "
+                                        "detach cut short, or multipathd rebuilding a map during one, leaves)",
+                                        "flush it, unless something holds it open"))
+        for state in states:
+            finding = self._state_finding(state)
+            if finding is not None:
+                findings.append(finding)
+        for mount in self._mounts.all():
+            wwid = mount.source.removeprefix("/dev/mapper/")
+            if mount.source.startswith("/dev/mapper/" + contract.LIO_WWID_PREFIX) and wwid not in owned_wwids:
+                findings.append(Finding(MOUNT, f"{mount.source} mounted at {mount.target}", "",
+                                        "an LIO LUN's map mounted where no stage state says",
+                                        ""))
+        if self._iface and not any(iface == self._iface for _, _, iface in records):
+            listing = self._runner.run([ISCSIADM, "-m", "iface"], ok_codes=(0, EXIT_NO_OBJS_FOUND), timeout=30).stdout
+            if self._iface in {line.split()[0] for line in listing.splitlines() if line.strip()}:
+                findings.append(Finding(IFACE, f"iface record {self._iface}", "",
+                                        "no node record uses it (the plugin deletes it after the last detach; a "
+                                        "crash can leave it)",
+                                        ""))
+        return findings
+
+    def _behind(self, state: StageState) -> list[str]:
+        """What the host holds of a state's volume."""
+        held = [f"session {s.sid}" for s in self._scsi.iscsi_sessions() if s.target_iqn == state.target_iqn]
+        held += [f"record {p}" for iqn, p, _ in self._records() if iqn == state.target_iqn]
+        if self._multipath.dm_name(state.wwid) is not None:
+            held.append(f"map {state.wwid}")
+        held += [f"device {d}" for d in self._scsi.devices_with(state.wwid)]
+        held += [f"mount {m.target}" for m in self._mounts.at(state.staging_path)]
+        return held
+
+    def _state_finding(self, state: StageState) -> Finding | None:
+        if state.mkfs_started:
+            return None  # kept on purpose: it lets the next stage finish a mkfs that was cut short
+        if self._behind(state):
+            return None
+        path = str(self._volumes_dir / f"{state.volume_id}.json")
+        if state.phase == STAGED:
+            return Finding(STATE, path, state.volume_id,
+                           "staged, and nothing of the volume is on the host (a reboot): kubelet's next "
+                           "NodeStageVolume attaches it again, its NodeUnstageVolume clears the state", "")
+        return Finding(STATE, path, state.volume_id,
+                       f"{state.phase} (a stage or unstage that failed and was not retried) with nothing of the "
+                       "volume on the host", "remove the state file")
+
+    def fix(self, findings: list[Finding], volumes: NodeVolumes, locks: VolumeLocks,
+            states: StageStateStore) -> list[Finding]:
+        """Clear what find() reported, each under its volume's lock and after looking again; returns
+        the findings with their result."""
+        done: list[Finding] = []
+        detached: dict[str, str] = {}
+        for f in findings:
+            if not f.fix:
+                done.append(replace(f, result="reported only"))
+            elif f.kind in (SESSION, RECORD):
+                if f.volume_id not in detached:
+                    detached[f.volume_id] = self._detach(f.volume_id, volumes, locks)
+                done.append(replace(f, result=detached[f.volume_id]))
+            elif f.kind == MAP:
+                done.append(replace(f, result=self._flush(f.subject.removeprefix("multipath map "))))
+            elif f.kind == STATE:
+                done.append(replace(f, result=self._remove_state(f.volume_id, locks, states)))
+        return done
+
+    def _detach(self, volume_id: str, volumes: NodeVolumes, locks: VolumeLocks) -> str:
+        try:
+            with locks.hold(volume_id, "csi-iscsi doctor"):
+                if volume_id in self._owned():
+                    return "left: the volume was staged meanwhile"
+                volumes.detach_unowned(volume_id)
+        except Aborted:
+            return "left: the node plugin is working on the volume"
+        except CsiIscsiError as exc:
+            return f"left: {exc}"
+        return "cleared"
+
+    def _flush(self, name: str) -> str:
+        maps = self._multipath.all_maps()
+        if name not in maps:
+            return "cleared (gone meanwhile)"
+        wwid, slaves = maps[name]
+        if slaves or wwid in {s.wwid for s in self._states.all()} | {contract.wwid(v) for v in self._owned()}:
+            return "left: the map has paths or a stage state now"
+        try:
+            if self._multipath.is_open(name):
+                return "left: something holds the map open"
+            self._multipath.flush(name, deadline=time.monotonic() + 10)
+            if not self._scsi.devices_with(wwid):
+                self._multipath.forget(wwid)  # its wwids line would let multipathd build it again
+        except CsiIscsiError as exc:
+            return f"left: {exc}"
+        return "cleared"
+
+    def _remove_state(self, volume_id: str, locks: VolumeLocks, states: StageStateStore) -> str:
+        try:
+            with locks.hold(volume_id, "csi-iscsi doctor"):
+                state = states.get(volume_id)
+                if state is None:
+                    return "cleared (gone meanwhile)"
+                finding = self._state_finding(state)
+                if finding is None or not finding.fix:
+                    return "left: the volume changed meanwhile"
+                states.remove(volume_id)
+        except Aborted:
+            return "left: the node plugin is working on the volume"
+        except (CsiIscsiError, OSError, ValueError) as exc:
+            return f"left: {exc}"
+        return "cleared"
