@@ -118,14 +118,15 @@ class Attacher:
         fault_point("stage.after_device")
         return Attachment(target_iqn, wwid, device, tuple(paths), tuple(failed))
 
-    def gaps(self, target_iqn: str, portals: list[str], lun: int, wwid: str) -> list[str]:
+    def gaps(self, target_iqn: str, portals: list[str], lun: int, wwid: str,
+             every: list[IscsiSession] | None = None) -> list[str]:
         """What a whole multipath attachment has and this one lacks, read from sysfs alone (no
         command, so every staged volume can be looked at often): a portal with no session, a
         logged-in session with no device for the LUN, a device not under the map. A session iscsid
         is recovering (FAILED) is not a gap: iscsid brings it back, or replacement_timeout fails it
-        over."""
+        over. every: this node's sessions, read once for many volumes."""
         assert self._multipath is not None
-        sessions = self.sessions(target_iqn)
+        sessions = [s for s in (self.sessions() if every is None else every) if s.target_iqn == target_iqn]
         have = {s.portal.lower() for s in sessions}
         found = [f"{portal}: no session" for portal in portals if portal.lower() not in have]
         slaves = set(self._multipath.slaves(wwid))
@@ -144,17 +145,35 @@ class Attacher:
         on every portal without a session (making its node record again only when
         may_make_records: a CHAP volume's secret is only ever in memory), scan the LUN on a session
         without its device, and wait for multipathd to put every path (checked to carry the WWID)
-        under the map. Each step bounded by the attach timeouts."""
+        under the map. Each step bounded by the attach timeouts.
+
+        Only redundancy is restored: a volume with no working path left (no logged-in session whose
+        device is under the map) is not logged in again behind its mount. Its node may have been
+        fenced (its ACL revoked, the volume used elsewhere since); NodeStageVolume, after kubelet
+        has published it here again, is what may attach it."""
         assert self._multipath is not None
         done: list[Repair] = []
         with self._iscsiadm.iface_in_use(self._settings):
             before = self.sessions(target_iqn)
             had_devices = {d.name for s in before if s.logged_in for d in self._scsi.devices(s.sid, lun)}
-            outside = sorted(had_devices - set(self._multipath.slaves(wwid)))
+            slaves = set(self._multipath.slaves(wwid))
+            if not had_devices & slaves:
+                return [Repair("login", ",".join(portals), False,
+                               "no path of the volume works (no logged-in session carries a path of its map): not "
+                               "attached again behind its mount, since the node may have been fenced; stage the "
+                               "volume again (restart its pod) once the target lets this node in")]
+            outside = sorted(had_devices - slaves)
             have = {s.portal.lower() for s in before}
-            for portal in portals:
-                if portal.lower() not in have:
-                    done += self._login_again(target_iqn, portal, chap, may_make_records)
+            missing = [portal for portal in portals if portal.lower() not in have]
+            if missing or any(not self._scsi.devices(s.sid, lun) for s in before if s.logged_in):
+                try:
+                    self._multipath.remember(wwid)  # a new path joins the map whatever find_multipaths says
+                except (CommandFailed, CommandTimedOut) as exc:
+                    log.warning("adding %s to multipath's wwids file failed: %s", wwid, exc)
+            if missing:
+                with ThreadPoolExecutor(max_workers=len(missing)) as pool:
+                    for steps in pool.map(lambda p: self._login_again(target_iqn, p, chap, may_make_records), missing):
+                        done += steps
             old = {s.sid for s in before}
             paths = []
             for session in self.sessions(target_iqn):

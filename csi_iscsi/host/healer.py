@@ -22,18 +22,25 @@ log = logging.getLogger(__name__)
 
 HEAL_ACTIONS = Counter("csi_iscsi_node_heal_actions_total",
                        "Self-heal steps on staged volumes, by action (record, login, rescan, map; check: a pass "
-                       "that failed before any step) and result (ok, failed)", ["action", "result"])
+                       "that failed before any step, or whose steps left the gap) and result (ok, failed)",
+                       ["action", "result"])
+for _action in ("record", "login", "rescan", "map", "check"):  # every series from the start: increase() sees the first
+    for _result in ("ok", "failed"):
+        HEAL_ACTIONS.labels(_action, _result)
+# 2**MAX_DOUBLINGS times the interval is past any bound: the exponent stops there.
+MAX_DOUBLINGS = 20
 
 
 class Healer:
     def __init__(self, volumes: Callable[[], NodeBackend], locks: VolumeLocks, interval: float, *,
                  workers: int = 4, max_backoff: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
-        """volumes: the node's host side, made on first use (raises CsiIscsiError until it can be)."""
+        """volumes: the node's host side, made on first use (raises CsiIscsiError until it can be).
+        max_backoff: the longest wait after failed repairs (never below the interval)."""
         self._volumes = volumes
         self._locks = locks
         self._interval = interval
         self._slots = threading.BoundedSemaphore(workers)
-        self._max_backoff = max_backoff
+        self._max_backoff = max(max_backoff, interval)
         self._clock = clock
         self._guard = threading.Lock()
         self._in_flight: set[str] = set()
@@ -61,30 +68,33 @@ class Healer:
         except CsiIscsiError:
             return []  # the node's host side cannot be made yet: readiness says why
         now = self._clock()
-        staged = set(volumes.staged_ids())
+        try:
+            every = volumes.heal_gaps_all()
+        except Exception as exc:  # sysfs or the state directory unreadable: said each pass, not hidden
+            log.warning("self-heal could not look at the staged volumes: %s", exc)
+            return []
         started = []
         with self._guard:
-            for gone in set(self._failures) - staged:
+            for gone in set(self._failures) - set(every):
                 self._failures.pop(gone, None)
                 self._retry_at.pop(gone, None)
-        for volume_id in sorted(staged):
+        for volume_id, gaps in sorted(every.items()):
             with self._guard:
                 if volume_id in self._in_flight or now < self._retry_at.get(volume_id, 0.0):
                     continue
-            try:
-                gaps = volumes.heal_gaps(volume_id)
-            except Exception as exc:  # a session or device going away while sysfs was read
-                log.debug("looking at volume %s for self-heal: %s", volume_id, exc)
-                continue
-            if not gaps:
-                with self._guard:
+                if not gaps:
                     self._failures.pop(volume_id, None)
-                continue
-            with self._guard:
+                    continue
                 self._in_flight.add(volume_id)
             thread = threading.Thread(target=self._heal, args=(volumes, volume_id), name=f"heal-{volume_id}",
                                       daemon=True)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError as exc:  # no thread to be had (a pid limit): the next pass tries again
+                with self._guard:
+                    self._in_flight.discard(volume_id)
+                log.warning("self-heal of volume %s could not start: %s", volume_id, exc)
+                continue
             started.append(thread)
         return started
 
@@ -118,10 +128,19 @@ class Healer:
                             step.detail)
         if any(not step.ok for step in repairs):
             self._failed(volume_id)
-        else:
-            with self._guard:
-                self._failures.pop(volume_id, None)
-                self._retry_at.pop(volume_id, None)
+            return
+        try:
+            left = volumes.heal_gaps(volume_id)
+        except Exception as exc:
+            left = [f"could not look again: {exc}"]
+        if left:  # every step said ok and the gap is still there: not healed, and not tried every interval
+            HEAL_ACTIONS.labels("check", "failed").inc()
+            log.warning("self-heal of volume %s left it not whole: %s", volume_id, "; ".join(left))
+            self._failed(volume_id)
+            return
+        with self._guard:
+            self._failures.pop(volume_id, None)
+            self._retry_at.pop(volume_id, None)
 
     def _failed(self, volume_id: str) -> None:
         """The next try waits twice as long as the last (up to max_backoff): a target that refuses
@@ -129,5 +148,5 @@ class Healer:
         with self._guard:
             failures = self._failures.get(volume_id, 0) + 1
             self._failures[volume_id] = failures
-            delay = min(self._interval * 2 ** failures, self._max_backoff)
+            delay = min(self._interval * 2 ** min(failures, MAX_DOUBLINGS), self._max_backoff)
             self._retry_at[volume_id] = self._clock() + delay

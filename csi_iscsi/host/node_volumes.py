@@ -298,20 +298,27 @@ class NodeVolumes:
 
     # Self-heal -------------------------------------------------------------------------------
 
-    def staged_ids(self) -> list[str]:
-        return [s.volume_id for s in self._states.all() if s.phase == STAGED]
+    def _healable(self, state: StageState | None) -> bool:
+        """Only a volume staged on its multipath map, with the map there, is healed: a single path
+        cannot be replaced under its mount (a new login is a new /dev/sdX), and a volume whose map
+        is gone (a reboot) is NodeStage's to attach again."""
+        return (state is not None and state.phase == STAGED and self._multipath is not None and self._on_map(state)
+                and self._multipath.dm_name(state.wwid) is not None)
 
     def heal_gaps(self, volume_id: str) -> list[str]:
-        """What the volume's attachment lacks (from sysfs, no command). Only a volume staged on
-        its multipath map, with the map there, is looked at: a single path cannot be replaced
-        under its mount (a new login is a new /dev/sdX), and a volume whose map is gone (a
-        reboot) is NodeStage's to attach again."""
+        """What the volume's attachment lacks (from sysfs, no command)."""
         state = self.staged(volume_id)
-        if state is None or self._multipath is None or not self._on_map(state):
-            return []
-        if self._multipath.dm_name(state.wwid) is None:
+        if state is None or not self._healable(state):
             return []
         return self._attacher.gaps(state.target_iqn, state.portals, state.lun, state.wwid)
+
+    def heal_gaps_all(self) -> dict[str, list[str]]:
+        """Every healable volume's gaps (empty when whole), from one read of this node's sessions."""
+        states = [s for s in self._states.all() if self._healable(s)]
+        if not states:
+            return {}
+        sessions = self._attacher.sessions()
+        return {s.volume_id: self._attacher.gaps(s.target_iqn, s.portals, s.lun, s.wwid, sessions) for s in states}
 
     def heal(self, volume_id: str) -> tuple[list[str], list[Repair]]:
         """Repair what heal_gaps finds; the caller holds the volume's lock, so no stage or unstage

@@ -71,7 +71,7 @@ def test_a_session_logged_out_behind_the_driver_is_logged_in_again(world: World)
     done = attacher.repair(IQN, PORTALS, 0, WWID, None, may_make_records=True)
     assert done == [Repair("login", PORTALS[1], True, "logged in again")]
     # Only the lost portal is touched: no record made again, no logout, nothing on the other path.
-    assert steps(runner) == ["node 127.0.0.12:3260 --login"]
+    assert steps(runner) == [f"multipath -a {WWID}", "node 127.0.0.12:3260 --login"]
     assert attacher.gaps(IQN, PORTALS, 0, WWID) == []
 
 
@@ -95,7 +95,7 @@ def test_a_lost_record_is_made_again_when_the_volume_needs_no_secret(world: Worl
     logs_in_again(runner, sys_, records=False)
     done = attacher.repair(IQN, PORTALS, 0, WWID, None, may_make_records=True)
     assert [(r.action, r.ok) for r in done] == [("record", True), ("login", True)]
-    assert steps(runner) == ["node 127.0.0.12:3260 --login", "node 127.0.0.12:3260 -o new",
+    assert steps(runner) == [f"multipath -a {WWID}", "node 127.0.0.12:3260 --login", "node 127.0.0.12:3260 -o new",
                              "node 127.0.0.12:3260 --login"]
     auth = [c for c in runner.calls if "update" in c]
     assert auth and "node.session.auth.authmethod" in auth[0] and "None" in auth[0]
@@ -107,7 +107,7 @@ def test_a_lost_chap_record_without_the_secret_is_reported_and_nothing_made(worl
     logs_in_again(runner, sys_, records=False)
     [step] = attacher.repair(IQN, PORTALS, 0, WWID, None, may_make_records=False)
     assert step.action == "record" and not step.ok and "stage the volume again" in step.detail
-    assert steps(runner) == ["node 127.0.0.12:3260 --login"]  # no record without a secret
+    assert steps(runner) == [f"multipath -a {WWID}", "node 127.0.0.12:3260 --login"]  # no record without a secret
     assert attacher.gaps(IQN, PORTALS, 0, WWID) == [f"{PORTALS[1]}: no session"]
 
 
@@ -140,7 +140,7 @@ def test_a_session_that_lost_its_device_is_rescanned(world: World) -> None:
     attacher._scsi = scsi
     done = attacher.repair(IQN, PORTALS, 0, WWID, None, may_make_records=True)
     assert [(r.action, r.where, r.ok) for r in done] == [("rescan", PORTALS[1], True)]
-    assert scsi.scans == [(2, 0)] and runner.calls == []
+    assert scsi.scans == [(2, 0)] and steps(runner) == [f"multipath -a {WWID}"]
 
 
 def test_a_path_out_of_the_map_waits_for_multipathd_to_take_it_back(world: World) -> None:
@@ -199,10 +199,9 @@ def no_record_for_second_portal(w: test_node.NodeWorld) -> list[int]:
 
 
 def test_node_heals_only_staged_volumes_on_their_map(node: test_node.NodeWorld) -> None:
-    assert node.volumes.staged_ids() == []
+    assert node.volumes.heal_gaps_all() == {}
     node.stage()
-    assert node.volumes.staged_ids() == [test_node.VID]
-    assert node.volumes.heal_gaps(test_node.VID) == []
+    assert node.volumes.heal_gaps_all() == {test_node.VID: []}
     cut_second_session(node)
     assert node.volumes.heal_gaps(test_node.VID) == [f"{test_node.PORTALS[1]}: no session"]
     node.runner.calls.clear()
@@ -249,14 +248,15 @@ def test_a_volume_without_its_map_is_left_to_node_stage(node: test_node.NodeWorl
 # The loop --------------------------------------------------------------------------------------
 
 class FakeHost:
-    def __init__(self, gaps: dict[str, list[str]], ok: bool = True) -> None:
+    def __init__(self, gaps: dict[str, list[str]], ok: bool = True, closes: bool = True) -> None:
         self.gaps = gaps
         self.ok = ok
+        self.closes = closes  # whether steps that say ok close the gap
         self.block: dict[str, threading.Event] = {}
         self.healed: list[str] = []
 
-    def staged_ids(self) -> list[str]:
-        return list(self.gaps)
+    def heal_gaps_all(self) -> dict[str, list[str]]:
+        return {v: list(g) for v, g in self.gaps.items()}
 
     def heal_gaps(self, volume_id: str) -> list[str]:
         return self.gaps[volume_id]
@@ -266,7 +266,7 @@ class FakeHost:
             assert self.block[volume_id].wait(10)
         self.healed.append(volume_id)
         gaps = self.gaps[volume_id]
-        if self.ok:
+        if self.ok and self.closes:
             self.gaps[volume_id] = []
         return gaps, [Repair("login", "127.0.0.12:3260", self.ok, "")]
 
@@ -340,3 +340,83 @@ def test_the_loop_runs_until_stopped() -> None:
         time.sleep(0.02)
     healer.stop()
     assert host.healed == ["a"]
+
+
+def test_the_backoff_never_overflows() -> None:
+    healer = Healer(lambda: FakeHost({}), VolumeLocks(), 30, max_backoff=300, clock=lambda: 0.0)  # type: ignore[arg-type,return-value]
+    healer._failures["a"] = 5000  # days of failures
+    healer._failed("a")
+    assert healer._retry_at["a"] == 300
+
+
+def test_steps_that_say_ok_but_leave_the_gap_back_off_and_are_counted() -> None:
+    now = [0.0]
+    host = FakeHost({"a": ["x"]}, closes=False)
+    healer = Healer(lambda: host, VolumeLocks(), 10, clock=lambda: now[0])  # type: ignore[arg-type,return-value]
+    before = counted("check", "failed")
+    for t in healer.tick():
+        t.join(5)
+    assert counted("check", "failed") == before + 1
+    now[0] = 10
+    assert healer.tick() == []  # waits 20 s, not the interval
+
+
+def test_a_volume_without_a_working_path_is_not_attached_again(world: World) -> None:
+    """A node whose every path ended may have been fenced: logging it in again behind its mount
+    could write stale data over another node's."""
+    runner, attacher, sys_ = world
+    hide(sys_, SESSION2)
+    (sys_ / "class/iscsi_session/session1/state").write_text("FAILED\n")  # the other path recovering, or refused
+    logs_in_again(runner, sys_)
+    [step] = attacher.repair(IQN, PORTALS, 0, WWID, None, may_make_records=True)
+    assert not step.ok and "no path of the volume works" in step.detail
+    assert runner.calls == []
+
+
+def test_the_wwid_is_remembered_before_a_new_path_comes(world: World) -> None:
+    runner, attacher, sys_ = world
+    hide(sys_, SESSION2)
+    logs_in_again(runner, sys_)
+    attacher.repair(IQN, PORTALS, 0, WWID, None, may_make_records=True)
+    assert steps(runner) == [f"multipath -a {WWID}", "node 127.0.0.12:3260 --login"]
+
+
+def test_volumes_that_are_not_staged_are_never_healed(node: test_node.NodeWorld) -> None:
+    from dataclasses import replace
+
+    from csi_iscsi.host.stage_state import ATTACHING, UNSTAGING, StageStateStore
+
+    node.stage()
+    cut_second_session(node)
+    assert set(node.volumes.heal_gaps_all()) == {test_node.VID}
+    store = StageStateStore(node.tmp / "state")
+    for phase in (ATTACHING, UNSTAGING):
+        store.put(replace(store.get(test_node.VID), phase=phase))  # type: ignore[type-var]
+        assert node.volumes.heal_gaps_all() == {} and node.volumes.heal(test_node.VID) == ([], [])
+
+
+def test_unstage_forgets_the_secret(node: test_node.NodeWorld) -> None:
+    node.stage(ctx={**test_node.CTX, "authentication": "chap"}, secrets={"chapUser": "u1", "chapPassword": "p" * 16})
+    assert test_node.VID in node.volumes._chaps
+    node.unstage()
+    assert node.volumes._chaps == {}
+    node.stage()  # staged again without CHAP: no secret from before is kept
+    assert node.volumes._chaps == {}
+
+
+def test_the_healer_and_the_node_service_share_one_lock_per_volume(tmp_path: Path) -> None:
+    from csi_iscsi import cli
+
+    args = cli._parser().parse_args(["node", "--state-dir", str(tmp_path), "--node-name", "n1"])
+    services = cli.build_services(args)
+    try:
+        [healer] = services.background
+        assert healer._locks is services.node._locks  # type: ignore[union-attr]
+        off = cli.build_services(cli._parser().parse_args(
+            ["node", "--state-dir", str(tmp_path / "b"), "--node-name", "n1", "--heal-interval", "0"]))
+        assert off.background == []
+        for lock in off.owned:
+            lock.release()
+    finally:
+        for lock in services.owned:
+            lock.release()
