@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY, start_http_server
 from csi_iscsi import __version__
 from csi_iscsi.base.errors import CsiIscsiError, FailedPrecondition
 from csi_iscsi.base.locks import VolumeLocks
+from csi_iscsi.base.metrics import declare_all
 from csi_iscsi.base.ownership import StateDirLock
 from csi_iscsi.base.runner import SubprocessRunner
 from csi_iscsi.contract import (
@@ -256,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot start: %s", exc)
         return 2
     if args.metrics_address:
+        declare_all()
         host, port = args.metrics_address.rsplit(":", 1)
         start_http_server(int(port), addr=host or "0.0.0.0")
     if args.health_address:

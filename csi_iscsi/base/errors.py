@@ -7,55 +7,71 @@ carry a secret.
 
 from __future__ import annotations
 
-import grpc
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import grpc
+
+
+class _Code:
+    """A class's gRPC status code, by name: grpc is imported when a code is first read, so the
+    tools that never answer a call (csi-iscsi status) do not pay for importing it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> grpc.StatusCode:
+        import grpc
+
+        return grpc.StatusCode[self.name]
 
 
 class CsiIscsiError(Exception):
     """Base of every error the driver raises on purpose."""
 
-    code = grpc.StatusCode.INTERNAL
+    code = _Code("INTERNAL")
 
 
 class InvalidArgument(CsiIscsiError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = _Code("INVALID_ARGUMENT")
 
 
 class NotFound(CsiIscsiError):
-    code = grpc.StatusCode.NOT_FOUND
+    code = _Code("NOT_FOUND")
 
 
 class AlreadyExists(CsiIscsiError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    code = _Code("ALREADY_EXISTS")
 
 
 class FailedPrecondition(CsiIscsiError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = _Code("FAILED_PRECONDITION")
 
 
 class ResourceExhausted(CsiIscsiError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = _Code("RESOURCE_EXHAUSTED")
 
 
 class OutOfRange(CsiIscsiError):
-    code = grpc.StatusCode.OUT_OF_RANGE
+    code = _Code("OUT_OF_RANGE")
 
 
 class Aborted(CsiIscsiError):
     """Another operation on the same volume is in flight; the caller retries."""
 
-    code = grpc.StatusCode.ABORTED
+    code = _Code("ABORTED")
 
 
 class Unavailable(CsiIscsiError):
-    code = grpc.StatusCode.UNAVAILABLE
+    code = _Code("UNAVAILABLE")
 
 
 class DeadlineExceeded(CsiIscsiError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = _Code("DEADLINE_EXCEEDED")
 
 
 class Internal(CsiIscsiError):
-    code = grpc.StatusCode.INTERNAL
+    code = _Code("INTERNAL")
 
 
 # gRPC carries the status message in metadata (8 KiB soft, 16 KiB hard limit): past it the caller
@@ -71,5 +87,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         if len(text) > MESSAGE_LIMIT:
             text = text[:MESSAGE_LIMIT] + f"... ({len(text)} characters, cut)"
         return exc.code, text
+    import grpc
+
     # An unexpected exception's text may hold anything; keep it out of the reply.
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the plugin's log"

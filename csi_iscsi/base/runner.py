@@ -14,14 +14,14 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import Histogram
-
 from csi_iscsi.base.errors import DeadlineExceeded, FailedPrecondition, Internal
+from csi_iscsi.base.metrics import LazyMetric
 from csi_iscsi.base.redact import redact_text
 
 log = logging.getLogger(__name__)
 
-COMMAND_SECONDS = Histogram(
+COMMAND_SECONDS = LazyMetric(
+    "Histogram",
     "csi_iscsi_command_duration_seconds",
     "Time spent in host commands, by program and outcome",
     ["program", "outcome"],

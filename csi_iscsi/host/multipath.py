@@ -12,9 +12,8 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import Counter
-
 from csi_iscsi.base.errors import DeadlineExceeded
+from csi_iscsi.base.metrics import LazyMetric
 from csi_iscsi.base.runner import CommandFailed, CommandTimedOut, Runner
 
 log = logging.getLogger(__name__)
@@ -25,8 +24,8 @@ DMSETUP = "dmsetup"
 
 # An unstage or detach that failed writes still queued in a map with no path (docs/multipath.md):
 # each one is data an application had written and the target never got.
-QUEUEING_STOPPED = Counter("csi_iscsi_node_queueing_stopped_total",
-                           "Detaches that stopped a pathless multipath map's queueing, failing its queued writes")
+QUEUEING_STOPPED = LazyMetric("Counter", "csi_iscsi_node_queueing_stopped_total",
+                              "Detaches that stopped a pathless multipath map's queueing, failing its queued writes")
 
 
 class MapBusy(CommandFailed):

@@ -9,12 +9,14 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from csi_iscsi.base.errors import CsiIscsiError
 from csi_iscsi.base.runner import SubprocessRunner
 from csi_iscsi.ops.node_status import NodeStatus, read_node_status
-from csi_iscsi.ops.target_status import TargetStatus, read_target_status
+
+if TYPE_CHECKING:  # the target side's modules are imported only where it is shown
+    from csi_iscsi.ops.target_status import TargetStatus
 
 CONFIGFS = Path("/sys/kernel/config/target")
 
@@ -121,6 +123,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             from csi_iscsi import contract
             from csi_iscsi.lio.objects import LioView
             from csi_iscsi.lio.pools import parse_pool_spec
+            from csi_iscsi.ops.target_status import read_target_status
 
             pools = {pool.name: pool for pool in (parse_pool_spec(s, runner, create=False) for s in args.pool)}
             target = read_target_status(args.state_dir, LioView(), pools, args.portal,
