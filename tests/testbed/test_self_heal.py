@@ -32,7 +32,7 @@ def heal_actions() -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{NODE_METRICS_PORT}/metrics", timeout=30).read().decode()
     return {f"{s.labels['action']}/{s.labels['result']}": s.value
             for family in text_string_to_metric_families(text) for s in family.samples
-            if s.name == "csi_iscsi_node_heal_actions_total"}
+            if s.name == "csi_iscsi_node_heal_actions_total" and s.value}  # every series exists, at 0 at first
 
 
 def sessions(iqn: str) -> dict[str, tuple[int, str]]:
