@@ -13,6 +13,7 @@ from pathlib import Path
 from prometheus_client import REGISTRY, start_http_server
 
 from csi_iscsi import __version__
+from csi_iscsi.base.atomic import write_json_atomic
 from csi_iscsi.base.errors import CsiIscsiError, FailedPrecondition
 from csi_iscsi.base.locks import VolumeLocks
 from csi_iscsi.base.metrics import declare_all
@@ -208,6 +209,9 @@ def build_services(args: argparse.Namespace) -> Services:
 
         def make_node() -> tuple[NodeIdentity, NodeVolumes]:
             identity = _node_identity(args, name)
+            # For csi-iscsi doctor: whose sessions and records are this node's, whatever its flags say.
+            write_json_atomic(args.state_dir / "node" / doctor.IDENTITY_FILE,
+                              {"initiator_iqn": identity.node_id.initiator_iqn})
             return identity, _node_volumes(args, runner, identity)
         deferred = DeferredNode(make_node)
         if args.heal_interval < 0 or args.heal_workers < 1:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from pathlib import Path
 from csi_iscsi.base.errors import Aborted
 from csi_iscsi.contract import is_volume_id
 
+log = logging.getLogger(__name__)
+
 
 class VolumeLocks:
     def __init__(self, lock_dir: Path | None = None) -> None:
@@ -28,6 +31,7 @@ class VolumeLocks:
         self._busy: dict[str, str] = {}
         self._generations: dict[str, int] = {}
         self._dir = lock_dir
+        self._warned = False
         if lock_dir is not None:
             lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
@@ -52,7 +56,23 @@ class VolumeLocks:
     def _lock_file(self, volume_id: str) -> int | None:
         if self._dir is None or not is_volume_id(volume_id):
             return None
-        fd = os.open(self._dir / f"{volume_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        path = self._dir / f"{volume_id}.lock"
+        try:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)  # flock needs no write access
+            except FileNotFoundError:  # the directory was removed under the running plugin
+                self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            # A state directory that turned read-only must not stop an unpublish or unstage: the
+            # lock then holds within this process only, and the doctor's exclusion is lost.
+            if not self._warned:
+                self._warned = True
+                log.warning("volume lock files under %s cannot be made (%s): locks hold within this process only",
+                            self._dir, exc)
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

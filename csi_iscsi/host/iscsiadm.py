@@ -151,7 +151,15 @@ class Iscsiadm:
         """Create (or refresh) the record of one target portal with the given settings."""
         self.ensure_iface(settings, recheck=recheck_iface)
         node = self._node(iqn, portal, settings.iface)
-        self._run([*node, "-o", "new"])
+        try:
+            self._run([*node, "-o", "new"])
+        except CommandFailed:
+            if not settings.iface or recheck_iface:
+                raise
+            # The iface this process made may have been deleted behind it (csi-iscsi doctor, an
+            # admin): made again, once, rather than failing every stage until a restart.
+            self.ensure_iface(settings, recheck=True)
+            self._run([*node, "-o", "new"])
         values = settings.node_settings()
         secrets: tuple[str, ...] = ()
         if chap is None:

@@ -45,11 +45,25 @@ def render(findings: list[Finding], fixing: bool, out: TextIO) -> None:
         if fixing:
             print(f"  fix: {f.result}", file=out)
         else:
-            print(f"  --fix would: {f.fix}" if f.fix else "  --fix leaves it: check it by hand", file=out)
+            print(f"  --fix would: {f.fix}" if f.fix else "  --fix leaves it (docs/operations.md says what to do)",
+                  file=out)
 
 
 def run(args: argparse.Namespace, make_volumes: Callable[[NodeIdentity, SubprocessRunner], NodeVolumes],
         identity: Callable[[], NodeIdentity], out: TextIO = sys.stdout) -> int:
+    node_dir = args.state_dir / "node"
+    if not (node_dir / ".lock").exists() or not (node_dir / "volumes").is_dir():
+        # With the wrong directory every staged volume would look orphaned: refuse, never guess.
+        print(f"doctor: {node_dir} is not a node plugin's state directory (no .lock and volumes/ in it); pass the "
+              "node plugin's --state-dir", file=sys.stderr)
+        return 2
+    recorded = read_recorded_identity(node_dir)
+    if recorded and not args.initiator_iqn:
+        args.initiator_iqn = recorded  # the name the plugin serves with, whatever the flags here say
+    elif recorded and args.initiator_iqn.lower() != recorded.lower():
+        print(f"doctor: --initiator-iqn {args.initiator_iqn} is not the one the node plugin serves with "
+              f"({recorded}); leave it out", file=sys.stderr)
+        return 2
     runner = SubprocessRunner(host_pid=args.host_pid)
     mountinfo = Path(f"/proc/{args.host_pid}/mountinfo") if args.host_pid else Path("/proc/self/mountinfo")
     try:
@@ -70,6 +84,17 @@ def run(args: argparse.Namespace, make_volumes: Callable[[NodeIdentity, Subproce
         print(file=out)
     else:
         render(findings, bool(args.fix), out)
-    if args.fix:
-        return 1 if any(not f.result.startswith("cleared") for f in findings) else 0
+    if args.fix:  # what doctor only reports is not counted: a person checks it
+        return 1 if any(f.fix and not f.result.startswith("cleared") for f in findings) else 0
     return 1 if findings else 0
+
+
+IDENTITY_FILE = "identity.json"
+
+
+def read_recorded_identity(node_dir: Path) -> str:
+    """The initiator name the node plugin serves with, as it recorded it at start ('' if never)."""
+    try:
+        return str(json.loads((node_dir / IDENTITY_FILE).read_text()).get("initiator_iqn", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""

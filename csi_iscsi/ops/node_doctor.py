@@ -10,8 +10,12 @@ open) is ever detached or flushed. Reads only unless --fix."""
 
 from __future__ import annotations
 
+import os
+import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from csi_iscsi import contract
@@ -63,10 +67,13 @@ def parse_records(text: str) -> list[tuple[str, str, str]]:
 class NodeDoctor:
     def __init__(self, state_dir: Path, runner: Runner, *, initiator: str = "", iface: str = "",
                  sysfs: Path = Path("/sys"), dev: Path = Path("/dev"),
-                 mountinfo: Path = Path("/proc/self/mountinfo")) -> None:
+                 mountinfo: Path = Path("/proc/self/mountinfo"), proc: Path = Path("/proc")) -> None:
         """initiator: this node's initiator name (sessions presenting another are another node's,
         on a shared iscsid); iface: the iface record the plugin binds this node's records to."""
         self._volumes_dir = state_dir / "node" / "volumes"
+        self._locks_dir = state_dir / "node" / "locks"
+        self._proc = proc
+        self._sys = sysfs
         self._states = StageStateStore(self._volumes_dir, readonly=True)
         self._runner = runner
         self._initiator = initiator.lower()
@@ -115,20 +122,19 @@ class NodeDoctor:
                 findings.append(Finding(RECORD, f"node record of {iqn} on {portal} (iface {iface})", vid,
                                         "no stage state names its volume and no session uses it",
                                         "delete the volume's node records"))
-        orphan_devices = {d.name for s in sessions if s.target_iqn in orphan_sessions
-                          for d in (self._scsi.devices(s.sid) if self._scsi.session_exists(s.sid) else [])}
+        staged_here = self._staged_here()
         for name, (wwid, slaves) in sorted(self._multipath.all_maps().items()):
-            if not wwid.startswith(contract.LIO_WWID_PREFIX) or wwid in owned_wwids:
+            vid = staged_here.get(wwid, "")
+            # Only the map of a volume the driver has staged on this node (it has a lock file here):
+            # every LIO LUN's WWID starts alike, and another LIO disk's map is not ours to flush.
+            if not vid or wwid in owned_wwids or slaves:
                 continue
-            if slaves and set(slaves) <= orphan_devices:
-                continue  # cleared with its volume's detach, above
-            if not slaves:
-                findings.append(Finding(MAP, f"multipath map {name}", "",
-                                        "an LIO LUN's map with no paths, whose WWID no stage state has (what a "
-                                        "detach cut short, or multipathd rebuilding a map during one, leaves)",
-                                        "flush it, unless something holds it open"))
+            findings.append(Finding(MAP, name, vid,
+                                    "the map of a volume once staged here, with no paths and no stage state (what "
+                                    "a detach cut short, or multipathd rebuilding a map during one, leaves)",
+                                    "flush it, unless something holds it open"))
         for state in states:
-            finding = self._state_finding(state)
+            finding = self._state_finding(state, records)
             if finding is not None:
                 findings.append(finding)
         for mount in self._mounts.all():
@@ -146,20 +152,27 @@ class NodeDoctor:
                                         ""))
         return findings
 
-    def _behind(self, state: StageState) -> list[str]:
+    def _staged_here(self) -> dict[str, str]:
+        """WWID -> volume id of every volume the driver has staged on this node (a lock file each)."""
+        try:
+            names = [p.name.removesuffix(".lock") for p in self._locks_dir.glob("*.lock")]
+        except OSError:
+            return {}
+        return {contract.wwid(v): v for v in names if contract.is_volume_id(v)}
+
+    def _behind(self, state: StageState, records: list[tuple[str, str, str]]) -> list[str]:
         """What the host holds of a state's volume."""
         held = [f"session {s.sid}" for s in self._scsi.iscsi_sessions() if s.target_iqn == state.target_iqn]
-        held += [f"record {p}" for iqn, p, _ in self._records() if iqn == state.target_iqn]
-        if self._multipath.dm_name(state.wwid) is not None:
-            held.append(f"map {state.wwid}")
+        held += [f"record {p}" for iqn, p, _ in records if iqn == state.target_iqn]
+        held += [f"map {name}" for name in self._multipath.maps_of(state.wwid)]  # by any name
         held += [f"device {d}" for d in self._scsi.devices_with(state.wwid)]
         held += [f"mount {m.target}" for m in self._mounts.at(state.staging_path)]
         return held
 
-    def _state_finding(self, state: StageState) -> Finding | None:
+    def _state_finding(self, state: StageState, records: list[tuple[str, str, str]]) -> Finding | None:
         if state.mkfs_started:
             return None  # kept on purpose: it lets the next stage finish a mkfs that was cut short
-        if self._behind(state):
+        if self._behind(state, records):
             return None
         path = str(self._volumes_dir / f"{state.volume_id}.json")
         if state.phase == STAGED:
@@ -173,7 +186,7 @@ class NodeDoctor:
     def fix(self, findings: list[Finding], volumes: NodeVolumes, locks: VolumeLocks,
             states: StageStateStore) -> list[Finding]:
         """Clear what find() reported, each under its volume's lock and after looking again; returns
-        the findings with their result."""
+        the findings with their result. A failure on one finding is its result, not the end."""
         done: list[Finding] = []
         detached: dict[str, str] = {}
         for f in findings:
@@ -181,55 +194,112 @@ class NodeDoctor:
                 done.append(replace(f, result="reported only"))
             elif f.kind in (SESSION, RECORD):
                 if f.volume_id not in detached:
-                    detached[f.volume_id] = self._detach(f.volume_id, volumes, locks)
+                    detached[f.volume_id] = self._guarded(f.volume_id, locks, partial(self._detach, f, volumes))
                 done.append(replace(f, result=detached[f.volume_id]))
             elif f.kind == MAP:
-                done.append(replace(f, result=self._flush(f.subject.removeprefix("multipath map "))))
+                done.append(replace(f, result=self._guarded(f.volume_id, locks, partial(self._flush, f))))
             elif f.kind == STATE:
-                done.append(replace(f, result=self._remove_state(f.volume_id, locks, states)))
+                remove = partial(self._remove_state, f, states)
+                done.append(replace(f, result=self._guarded(f.volume_id, locks, remove)))
         return done
 
-    def _detach(self, volume_id: str, volumes: NodeVolumes, locks: VolumeLocks) -> str:
+    @staticmethod
+    def _guarded(volume_id: str, locks: VolumeLocks, action: Callable[[], str]) -> str:
         try:
             with locks.hold(volume_id, "csi-iscsi doctor"):
-                if volume_id in self._owned():
-                    return "left: the volume was staged meanwhile"
-                volumes.detach_unowned(volume_id)
+                return action()
         except Aborted:
             return "left: the node plugin is working on the volume"
-        except CsiIscsiError as exc:
-            return f"left: {exc}"
+        except (CsiIscsiError, OSError, ValueError) as exc:
+            return f"left: {type(exc).__name__}: {exc}" if isinstance(exc, OSError) else f"left: {exc}"
+
+    def _detach(self, finding: Finding, volumes: NodeVolumes) -> str:
+        volume_id = finding.volume_id
+        if volume_id in self._owned():
+            return "left: the volume was staged meanwhile"
+        users = self._open_users(volume_id)
+        if users:
+            return f"left: in use ({'; '.join(users[:5])})"
+        volumes.detach_unowned(volume_id)
         return "cleared"
 
-    def _flush(self, name: str) -> str:
+    def _open_users(self, volume_id: str) -> list[str]:
+        """Who has the volume's devices (its paths on this node's sessions, their maps) open. A
+        user that opens a device without O_EXCL (a database or VM on a raw device) shows in no
+        holder and no mount: the processes' open files are read too. multipathd's own path
+        checkers are not users."""
+        iqn_suffix = ":" + volume_id
+        paths = [d.name for s in self._scsi.iscsi_sessions()
+                 if s.target_iqn.endswith(iqn_suffix) and (not self._initiator or s.initiator in ("", self._initiator))
+                 and self._scsi.session_exists(s.sid) for d in self._scsi.devices(s.sid)]
+        maps = sorted({contract.wwid(volume_id), *self._multipath.maps_over(paths)})
+        users = [f"map {m} is open" for m in maps if self._multipath.is_open(m)]
+        return users + self._processes_with(self._numbers(
+            [*paths, *(dm for dm in (self._multipath.dm_name(m) for m in maps) if dm)]))
+
+    def _numbers(self, names: list[str]) -> dict[str, str]:
+        """major:minor -> name of these block devices (sdX, dm-N), as sysfs has them now."""
+        numbers = {}
+        for name in names:
+            try:
+                numbers[(self._sys / "block" / name / "dev").read_text().strip()] = name
+            except OSError:
+                continue  # gone meanwhile
+        return numbers
+
+    def _processes_with(self, numbers: dict[str, str]) -> list[str]:
+        """'<device> open by <comm> (pid N)' for every process but multipathd with one of the
+        devices (major:minor -> name) open."""
+        if not numbers:
+            return []
+        found = []
+        for pid_dir in self._proc.glob("[0-9]*"):
+            try:
+                comm = (pid_dir / "comm").read_text().strip()
+            except OSError:
+                continue
+            if comm == "multipathd" or pid_dir.name == str(os.getpid()):
+                continue
+            try:
+                fds = list((pid_dir / "fd").iterdir())
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    st = fd.stat()
+                except OSError:
+                    continue
+                if stat.S_ISBLK(st.st_mode):
+                    key = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+                    if key in numbers:
+                        found.append(f"{numbers[key]} open by {comm} (pid {pid_dir.name})")
+        return sorted(set(found))
+
+    def _flush(self, finding: Finding) -> str:
+        name = finding.subject
         maps = self._multipath.all_maps()
         if name not in maps:
             return "cleared (gone meanwhile)"
         wwid, slaves = maps[name]
-        if slaves or wwid in {s.wwid for s in self._states.all()} | {contract.wwid(v) for v in self._owned()}:
+        if slaves or finding.volume_id in self._owned():
             return "left: the map has paths or a stage state now"
-        try:
-            if self._multipath.is_open(name):
-                return "left: something holds the map open"
-            self._multipath.flush(name, deadline=time.monotonic() + 10)
-            if not self._scsi.devices_with(wwid):
-                self._multipath.forget(wwid)  # its wwids line would let multipathd build it again
-        except CsiIscsiError as exc:
-            return f"left: {exc}"
+        if self._multipath.is_open(name):
+            return "left: something holds the map open"
+        dm = self._multipath.dm_name(name)
+        users = self._processes_with(self._numbers([dm] if dm else []))
+        if users:
+            return f"left: in use ({'; '.join(users[:5])})"
+        self._multipath.flush(name, deadline=time.monotonic() + 10)
+        if not self._scsi.devices_with(wwid):
+            self._multipath.forget(wwid)  # its wwids line would let multipathd build it again
         return "cleared"
 
-    def _remove_state(self, volume_id: str, locks: VolumeLocks, states: StageStateStore) -> str:
-        try:
-            with locks.hold(volume_id, "csi-iscsi doctor"):
-                state = states.get(volume_id)
-                if state is None:
-                    return "cleared (gone meanwhile)"
-                finding = self._state_finding(state)
-                if finding is None or not finding.fix:
-                    return "left: the volume changed meanwhile"
-                states.remove(volume_id)
-        except Aborted:
-            return "left: the node plugin is working on the volume"
-        except (CsiIscsiError, OSError, ValueError) as exc:
-            return f"left: {exc}"
+    def _remove_state(self, finding: Finding, states: StageStateStore) -> str:
+        state = states.get(finding.volume_id)
+        if state is None:
+            return "cleared (gone meanwhile)"
+        again = self._state_finding(state, self._records())
+        if again is None or not again.fix:
+            return "left: the volume changed meanwhile"
+        states.remove(finding.volume_id)
         return "cleared"

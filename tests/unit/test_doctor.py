@@ -36,13 +36,18 @@ def doctor(w: NodeWorld) -> NodeDoctor:
     return NodeDoctor(w.tmp / "sd", w.runner, sysfs=w.sys, dev=w.dev, mountinfo=w.mountinfo)
 
 
+def node_locks(w: NodeWorld) -> VolumeLocks:
+    """The locks the plugin and the doctor share: <state-dir>/node/locks."""
+    return VolumeLocks(w.tmp / "sd" / "node" / "locks")
+
+
 def fix(w: NodeWorld, locks: VolumeLocks | None = None) -> list[tuple[str, str]]:
     d = doctor(w)
-    done = d.fix(d.find(), w.volumes, locks or VolumeLocks(w.tmp / "locks"), StageStateStore(w.tmp / "state"))
+    done = d.fix(d.find(), w.volumes, locks or node_locks(w), StageStateStore(w.tmp / "state"))
     return [(f.kind, f.result) for f in done]
 
 
-def records(w: NodeWorld, *iqns: str) -> None:
+def records(w: NodeWorld, *iqns: str, iface: str = "default") -> None:
     """iscsiadm's node records of these targets, until a delete of the target's."""
     left = list(iqns)
 
@@ -55,7 +60,7 @@ def records(w: NodeWorld, *iqns: str) -> None:
         if len(argv) == 3:
             return (0, "".join(f"{p},1 {iqn}\n" for iqn in left for p in PORTALS)) if left else (21, "")
         if argv[3:] == ("-P", "1"):
-            return (0, "".join(f"Target: {iqn}\n" + "".join(f"\tPortal: {p},1\n\t\tIface Name: default\n"
+            return (0, "".join(f"Target: {iqn}\n" + "".join(f"\tPortal: {p},1\n\t\tIface Name: {iface}\n"
                                                               for p in PORTALS) for iqn in left)) if left else (21, "")
         return None
 
@@ -112,7 +117,7 @@ def test_a_volume_staged_between_the_look_and_the_fix_is_left(world: NodeWorld) 
     found = d.find()
     StageStateStore(world.tmp / "state").put(StageState(VID, IQN, PORTALS, 0, WWID, "/s", "mount", "ext4"))
     world.runner.calls.clear()
-    done = d.fix(found, world.volumes, VolumeLocks(world.tmp / "locks"), StageStateStore(world.tmp / "state"))
+    done = d.fix(found, world.volumes, node_locks(world), StageStateStore(world.tmp / "state"))
     assert {f.result for f in done} == {"left: the volume was staged meanwhile"}
     assert world.runner.calls == []
 
@@ -120,7 +125,7 @@ def test_a_volume_staged_between_the_look_and_the_fix_is_left(world: NodeWorld) 
 def test_a_volume_the_plugin_holds_is_left(world: NodeWorld) -> None:
     orphan_the_staged_volume(world)
     records(world, IQN)
-    plugin = VolumeLocks(world.tmp / "locks")  # another process's locks on the same directory
+    plugin = node_locks(world)  # another process's locks on the same directory
     with plugin.hold(VID, "NodeStageVolume"):
         world.runner.calls.clear()
         assert {r for _, r in fix(world)} == {"left: the node plugin is working on the volume"}
@@ -138,7 +143,11 @@ def test_a_volume_in_use_is_never_detached(world: NodeWorld, monkeypatch: pytest
     assert not any(c[0] in ("multipath", "umount") or "--logout" in c for c in world.runner.calls)
 
 
-def pathless_map(w: NodeWorld, name: str, holders: bool = False) -> None:
+def pathless_map(w: NodeWorld, name: str, holders: bool = False, staged_once: str = "") -> None:
+    """staged_once: the volume the driver staged here once (its lock file is there)."""
+    if staged_once:
+        node_locks(w)  # makes the directory
+        (w.tmp / "sd" / "node" / "locks" / f"{staged_once}.lock").touch()
     dm = w.sys / "block" / "dm-7"
     (dm / "dm").mkdir(parents=True)
     (dm / "dm" / "name").write_text(name + "\n")
@@ -161,15 +170,15 @@ def pathless_map(w: NodeWorld, name: str, holders: bool = False) -> None:
 
 def test_a_pathless_map_of_an_lio_lun_no_state_names_is_flushed(world: NodeWorld) -> None:
     name = contract.wwid(OTHER)
-    pathless_map(world, name)
+    pathless_map(world, name, staged_once=OTHER)
     [f] = doctor(world).find()
-    assert (f.kind, f.subject) == (MAP, f"multipath map {name}")
+    assert (f.kind, f.subject, f.volume_id) == (MAP, name, OTHER)
     assert fix(world) == [(MAP, "cleared")]
     assert ("multipath", "-f", name) in world.runner.calls
 
 
 def test_a_pathless_map_held_open_is_left(world: NodeWorld) -> None:
-    pathless_map(world, contract.wwid(OTHER), holders=True)
+    pathless_map(world, contract.wwid(OTHER), holders=True, staged_once=OTHER)
     assert fix(world) == [(MAP, "left: something holds the map open")]
     assert not any(c[:2] == ("multipath", "-f") for c in world.runner.calls)
 
@@ -177,6 +186,44 @@ def test_a_pathless_map_held_open_is_left(world: NodeWorld) -> None:
 def test_maps_of_other_disks_are_not_findings(world: NodeWorld) -> None:
     pathless_map(world, "3600a098038303053453f463045")  # a NetApp LUN's map, down for now
     assert doctor(world).find() == []
+
+
+def test_a_pathless_map_of_an_lio_lun_the_driver_never_staged_here_is_not_a_finding(world: NodeWorld) -> None:
+    pathless_map(world, contract.wwid(OTHER))  # a targetcli disk of the admin's: same WWID prefix, no lock file
+    assert doctor(world).find() == []
+
+
+def test_sessions_presenting_another_initiator_are_another_nodes(world: NodeWorld) -> None:
+    orphan_the_staged_volume(world)
+    for sid in (1, 2):
+        (world.sys / "class/iscsi_session" / f"session{sid}" / "initiatorname").write_text("iqn.2026-11.io.x:other\n")
+    records(world, IQN, iface="csi-0000other0000")
+    mine = NodeDoctor(world.tmp / "sd", world.runner, initiator="iqn.2026-11.io.x:me", iface="csi-1111mine11111",
+                      sysfs=world.sys, dev=world.dev, mountinfo=world.mountinfo)
+    assert [f.kind for f in mine.find()] == []
+    theirs = NodeDoctor(world.tmp / "sd", world.runner, initiator="iqn.2026-11.io.x:other", iface="csi-0000other0000",
+                        sysfs=world.sys, dev=world.dev, mountinfo=world.mountinfo)
+    assert [f.kind for f in theirs.find()] == [SESSION, SESSION]
+
+
+def test_doctor_refuses_a_directory_that_is_not_a_node_plugins(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "csi_iscsi", "doctor", "--state-dir", str(tmp_path / "typo"),
+                           "--node-name", "n1", "--initiator-iqn", "iqn.2026-11.io.x:me"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not a node plugin's state directory" in proc.stderr
+    assert not (tmp_path / "typo").exists()  # and made nothing
+
+
+def test_a_lock_is_released_for_the_next_holder_in_another_process(tmp_path: Path) -> None:
+    first, second = VolumeLocks(tmp_path), VolumeLocks(tmp_path)
+    with first.hold(VID, "NodeStageVolume"), pytest.raises(Exception, match="another process"), \
+            second.hold(VID, "csi-iscsi doctor"):
+        pass
+    with second.hold(VID, "csi-iscsi doctor"):
+        pass
 
 
 def test_states_with_nothing_behind_them(world: NodeWorld) -> None:
@@ -192,7 +239,7 @@ def test_states_with_nothing_behind_them(world: NodeWorld) -> None:
     assert {f.kind for f in found.values()} == {STATE}
     assert found[left].fix and not found[reboot].fix
     results = dict((f.volume_id, f.result) for f in doctor(world).fix(
-        list(found.values()), world.volumes, VolumeLocks(world.tmp / "locks"), store))
+        list(found.values()), world.volumes, node_locks(world), store))
     assert results == {left: "cleared", reboot: "reported only"}
     assert store.get(left) is None and store.get(reboot) is not None and store.get(mkfs) is not None
 

@@ -412,6 +412,7 @@ def test_the_healer_and_the_node_service_share_one_lock_per_volume(tmp_path: Pat
     try:
         [healer] = services.background
         assert healer._locks is services.node._locks  # type: ignore[union-attr]
+        assert healer._locks._dir == tmp_path / "node" / "locks"  # shared with csi-iscsi doctor
         off = cli.build_services(cli._parser().parse_args(
             ["node", "--state-dir", str(tmp_path / "b"), "--node-name", "n1", "--heal-interval", "0"]))
         assert off.background == []
