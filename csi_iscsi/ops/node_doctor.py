@@ -283,8 +283,11 @@ class NodeDoctor:
         wwid, slaves = maps[name]
         if slaves or finding.volume_id in self._owned():
             return "left: the map has paths or a stage state now"
-        if self._multipath.is_open(name):
-            return "left: something holds the map open"
+        deadline = time.monotonic() + 5
+        while self._multipath.is_open(name):  # udev's probe of a map that just changed holds it a moment
+            if time.monotonic() > deadline:
+                return "left: something holds the map open"
+            time.sleep(0.5)
         dm = self._multipath.dm_name(name)
         users = self._processes_with(self._numbers([dm] if dm else []))
         if users:
