@@ -29,6 +29,9 @@ from csi_iscsi.host.node_volumes import NodeVolumes
 from csi_iscsi.host.scsi import Scsi
 from csi_iscsi.host.stage_state import STAGED, StageState, StageStateStore
 
+# udev's workers (and the blkid it runs) open every new or changed block device to probe it.
+UDEV_WORKERS = ("(udev-worker)", "systemd-udevd", "udevd", "blkid")
+
 # What each kind of finding is, for the text output and docs/operations.md.
 SESSION, RECORD, MAP, STATE, MOUNT, IFACE = "session", "record", "map", "state", "mount", "iface"
 
@@ -276,6 +279,10 @@ class NodeDoctor:
         return sorted(set(found))
 
     def _flush(self, finding: Finding) -> str:
+        """A pathless map queues what is read or written to it for as long as its no_path_retry
+        says, often for ever: a udev probe that opened it after its last path went hangs there and
+        keeps it open. With no stage state and no process but udev's holding it, nothing can ever
+        be served by it, so its queueing is stopped (the probe fails) before the flush."""
         name = finding.subject
         maps = self._multipath.all_maps()
         if name not in maps:
@@ -283,15 +290,18 @@ class NodeDoctor:
         wwid, slaves = maps[name]
         if slaves or finding.volume_id in self._owned():
             return "left: the map has paths or a stage state now"
-        deadline = time.monotonic() + 5
-        while self._multipath.is_open(name):  # udev's probe of a map that just changed holds it a moment
-            if time.monotonic() > deadline:
-                return "left: something holds the map open"
-            time.sleep(0.5)
         dm = self._multipath.dm_name(name)
-        users = self._processes_with(self._numbers([dm] if dm else []))
+        users = [u for u in self._processes_with(self._numbers([dm] if dm else []))
+                 if not u.split(" open by ", 1)[1].startswith(UDEV_WORKERS)]
         if users:
             return f"left: in use ({'; '.join(users[:5])})"
+        if self._multipath.is_open(name):
+            self._multipath.stop_queueing(name)
+            deadline = time.monotonic() + 10
+            while self._multipath.is_open(name):
+                if time.monotonic() > deadline:
+                    return "left: something holds the map open"
+                time.sleep(0.5)
         self._multipath.flush(name, deadline=time.monotonic() + 10)
         if not self._scsi.devices_with(wwid):
             self._multipath.forget(wwid)  # its wwids line would let multipathd build it again
