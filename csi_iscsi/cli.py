@@ -36,7 +36,7 @@ from csi_iscsi.host.initiator import DEFAULT_FILE, read_initiator_name
 from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
 from csi_iscsi.host.mounts import MountTable
 from csi_iscsi.host.multipath import Multipath
-from csi_iscsi.host.node_metrics import NodePathCollector
+from csi_iscsi.host.node_metrics import NodePathCollector, NodeSessionCollector
 from csi_iscsi.host.node_volumes import NodeVolumes
 from csi_iscsi.host.readiness import node_ready
 from csi_iscsi.host.scsi import Scsi
@@ -222,6 +222,7 @@ def build_services(args: argparse.Namespace) -> Services:
             background.append(Healer(lambda: deferred.get()[1], locks, args.heal_interval, workers=args.heal_workers))
         if args.metrics_address:
             REGISTRY.register(NodePathCollector(lambda: deferred.get()[1].path_health()))
+            REGISTRY.register(NodeSessionCollector(lambda: deferred.get()[1].session_states()))
         checks.append(deferred.ready)
         checks.append(lambda: node_ready(runner, multipath_mode=args.multipath))
 

@@ -12,6 +12,10 @@ from prometheus_client.registry import Collector
 
 from csi_iscsi.host.api import PathHealth
 
+# The kernel's session states (sysfs): every one is reported, at 0 when no session is in it, so that
+# an alert on FAILED sessions sees the rise from zero.
+SESSION_STATES = ("LOGGED_IN", "FAILED", "FREE")
+
 log = logging.getLogger(__name__)
 
 
@@ -57,3 +61,26 @@ class NodePathCollector(Collector):
             portals.add_metric([h.volume_id], h.portals)
             abnormal.add_metric([h.volume_id], int(h.abnormal))
         yield from (paths, portals, abnormal, error)
+
+
+class NodeSessionCollector(Collector):
+    """This node's iSCSI sessions to the driver's targets by the kernel's state (sysfs, no
+    command): LOGGED_IN, FAILED (the connection is down and iscsid is recovering it), FREE."""
+
+    def __init__(self, states: Callable[[], list[str]]) -> None:
+        self._states = states
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("csi_iscsi_node_iscsi_sessions", "This node's iSCSI sessions to csi-iscsi "
+                                   "targets, by the kernel's session state", labels=["state"])
+        try:
+            states = self._states()
+        except Exception:
+            log.exception("reading the iSCSI sessions for metrics")
+            return  # csi_iscsi_node_scrape_error says the node could not be read
+        for state in sorted({*SESSION_STATES, *states}):
+            family.add_metric([state], states.count(state))
+        yield family

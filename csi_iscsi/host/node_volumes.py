@@ -486,6 +486,10 @@ class NodeVolumes:
                 health.append(PathHealth(state.volume_id, 1, int(up), int(not up), abnormal))
         return health
 
+    def session_states(self) -> list[str]:
+        """The kernel's state of each of this node's sessions to a target of the driver's form."""
+        return [s.state for s in self._attacher.sessions() if contract.is_volume_id(s.target_iqn.rpartition(":")[2])]
+
     def _single_path_state(self, state: StageState) -> str:
         """The SCSI state of a volume used without a map: running, blocked (its session is
         recovering), transport-offline, offline, or gone."""

@@ -58,6 +58,17 @@ def scrape_paths(volume_id: str) -> dict[str, float]:
     return found
 
 
+def scrape_sessions() -> dict[str, float]:
+    """The node plugin's csi_iscsi_node_iscsi_sessions by state."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{NODE_METRICS_PORT}/metrics", timeout=30).read().decode()
+    return {s.labels["state"]: s.value for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == "csi_iscsi_node_iscsi_sessions"}
+
+
 @dataclass
 class Cluster:
     controller: Stubs
@@ -297,6 +308,8 @@ def test_a_dropped_portal_fails_over_without_io_errors_and_heals(cluster: Cluste
         assert cut == {"csi_iscsi_volume_paths/active": 1, "csi_iscsi_volume_paths/down": 1,
                        "csi_iscsi_volume_portals": 2, "csi_iscsi_volume_abnormal": 1,
                        "csi_iscsi_node_scrape_error": 0}, cut
+        wait_for(lambda: scrape_sessions().get("FAILED") == 1, 30)  # the cut portal's session recovering
+        assert scrape_sessions() == {"LOGGED_IN": 1, "FAILED": 1, "FREE": 0}
     finally:
         subprocess.run(["nft", "delete", "table", "inet", "csitest"], check=False)
     healed_after = wait_for(lambda: [p[1:] for p in paths_of(wwid)] == [("active", "ready")] * 2, 60)
@@ -308,6 +321,7 @@ def test_a_dropped_portal_fails_over_without_io_errors_and_heals(cluster: Cluste
     assert not stats.volume_condition.abnormal, stats.volume_condition.message
     healed = scrape_paths(volume.volume_id)
     assert healed["csi_iscsi_volume_paths/active"] == 2 and healed["csi_iscsi_volume_abnormal"] == 0, healed
+    assert scrape_sessions() == {"LOGGED_IN": 2, "FAILED": 0, "FREE": 0}
     cluster.detach(volume)
     cluster.delete(volume)
     assert scrape_paths(volume.volume_id) == {"csi_iscsi_node_scrape_error": 0}

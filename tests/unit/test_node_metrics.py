@@ -101,3 +101,23 @@ def test_a_single_path_volume_counts_one_portal_and_is_down_when_its_device_is_n
     down = scrape(world)
     assert down.get_sample_value("csi_iscsi_volume_paths", {"volume_id": VID, "state": "down"}) == 1
     assert down.get_sample_value("csi_iscsi_volume_abnormal", {"volume_id": VID}) == 1
+
+
+def test_sessions_to_the_drivers_targets_by_state(world: NodeWorld) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from csi_iscsi.host.node_metrics import NodeSessionCollector
+
+    def sample(state: str) -> float | None:
+        registry = CollectorRegistry()
+        registry.register(NodeSessionCollector(world.volumes.session_states))
+        return registry.get_sample_value("csi_iscsi_node_iscsi_sessions", {"state": state})
+
+    assert (sample("LOGGED_IN"), sample("FAILED")) == (0, 0)  # every state at 0 before any session
+    world.stage()
+    assert (sample("LOGGED_IN"), sample("FAILED")) == (2, 0)
+    (world.sys / "class/iscsi_session/session2/state").write_text("FAILED\n")
+    assert (sample("LOGGED_IN"), sample("FAILED"), sample("FREE")) == (1, 1, 0)
+    world.runner.calls.clear()
+    sample("LOGGED_IN")
+    assert world.runner.calls == []  # sysfs only
