@@ -209,9 +209,7 @@ def build_services(args: argparse.Namespace) -> Services:
 
         def make_node() -> tuple[NodeIdentity, NodeVolumes]:
             identity = _node_identity(args, name)
-            # For csi-iscsi doctor: whose sessions and records are this node's, whatever its flags say.
-            write_json_atomic(args.state_dir / "node" / doctor.IDENTITY_FILE,
-                              {"initiator_iqn": identity.node_id.initiator_iqn})
+            record_identity(args.state_dir / "node", identity.node_id.initiator_iqn)
             return identity, _node_volumes(args, runner, identity)
         deferred = DeferredNode(make_node)
         if args.heal_interval < 0 or args.heal_workers < 1:
@@ -235,6 +233,17 @@ def build_services(args: argparse.Namespace) -> Services:
 
     return Services(identity=IdentityServicer(readiness), controller=controller, node=node, owned=owned,
                     background=background)
+
+
+def record_identity(node_dir: Path, initiator_iqn: str) -> None:
+    """For csi-iscsi doctor: whose sessions and records are this node's, whatever its flags say.
+    Best effort: a full state filesystem must not keep the plugin from serving unpublishes."""
+    if doctor.read_recorded_identity(node_dir) == initiator_iqn:
+        return
+    try:
+        write_json_atomic(node_dir / doctor.IDENTITY_FILE, {"initiator_iqn": initiator_iqn})
+    except OSError as exc:
+        log.warning("recording the initiator name for csi-iscsi doctor in %s: %s", node_dir, exc)
 
 
 def _own(directory: Path, who: str) -> StateDirLock:

@@ -26,11 +26,14 @@ log = logging.getLogger(__name__)
 
 
 class VolumeLocks:
-    def __init__(self, lock_dir: Path | None = None) -> None:
+    def __init__(self, lock_dir: Path | None = None, *, strict: bool = False) -> None:
+        """strict: a lock file that cannot be made is a refusal (csi-iscsi doctor must never act
+        unexcluded); otherwise the lock holds within this process (the plugin keeps serving)."""
         self._guard = threading.Lock()
         self._busy: dict[str, str] = {}
         self._generations: dict[str, int] = {}
         self._dir = lock_dir
+        self._strict = strict
         self._warned = False
         if lock_dir is not None:
             lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -64,7 +67,9 @@ class VolumeLocks:
                 self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
                 fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            if self._strict:
+                raise Aborted(f"the lock file of volume {volume_id} cannot be made ({exc}); nothing done") from None
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
                 raise
             # A state directory that turned read-only must not stop an unpublish or unstage: the
             # lock then holds within this process only, and the doctor's exclusion is lost.

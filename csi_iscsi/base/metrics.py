@@ -5,9 +5,13 @@ series exists (at zero) before the first scrape."""
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 _declared: list[LazyMetric] = []
 _lock = threading.Lock()
@@ -29,11 +33,37 @@ class LazyMetric:
                 self._metric = getattr(prometheus_client, self._kind)(name, documentation, labelnames)
             return self._metric
 
+    def _live(self) -> Any:
+        """The metric, or a stand-in that counts nothing in a process that never loaded
+        prometheus_client (a tool: nothing would read the count). Counting never fails the work
+        it counts."""
+        if self._metric is None and "prometheus_client" not in sys.modules:
+            return _NOTHING
+        try:
+            return self.get()
+        except Exception:
+            log.exception("metric %s cannot be made; not counted", self._args[0])
+            return _NOTHING
+
     def labels(self, *values: str) -> Any:
-        return self.get().labels(*values)
+        return self._live().labels(*values)
 
     def inc(self, amount: float = 1) -> None:
-        self.get().inc(amount)
+        self._live().inc(amount)
+
+
+class _Nothing:
+    def labels(self, *values: str) -> _Nothing:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
+
+
+_NOTHING = _Nothing()
 
 
 def declare_all() -> None:

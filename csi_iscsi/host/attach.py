@@ -158,7 +158,7 @@ class Attacher:
             had_devices = {d.name for s in before if s.logged_in for d in self._scsi.devices(s.sid, lun)}
             slaves = set(self._multipath.slaves(wwid))
             if not had_devices & slaves:
-                return [Repair("login", ",".join(portals), False,
+                return [Repair("refused", ",".join(portals), False,
                                "no path of the volume works (no logged-in session carries a path of its map): not "
                                "attached again behind its mount, since the node may have been fenced; stage the "
                                "volume again (restart its pod) once the target lets this node in")]

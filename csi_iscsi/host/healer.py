@@ -22,12 +22,14 @@ log = logging.getLogger(__name__)
 
 HEAL_ACTIONS = Counter("csi_iscsi_node_heal_actions_total",
                        "Self-heal steps on staged volumes, by action (record, login, rescan, map; check: a pass "
-                       "that failed before any step, or whose steps left the gap) and result (ok, failed)",
+                       "that failed before any step, or whose steps left the gap; refused: a volume with no "
+                       "working path, never logged in again) and result (ok, failed)",
                        ["action", "result"])
 for _action in ("record", "login", "rescan", "map"):  # every series from the start: increase() sees the first
     for _result in ("ok", "failed"):
         HEAL_ACTIONS.labels(_action, _result)
 HEAL_ACTIONS.labels("check", "failed")
+HEAL_ACTIONS.labels("refused", "failed")
 # 2**MAX_DOUBLINGS times the interval is past any bound: the exponent stops there.
 MAX_DOUBLINGS = 20
 

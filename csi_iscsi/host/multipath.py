@@ -305,10 +305,17 @@ class Multipath:
         dm = self.dm_name(name)
         if dm is None:
             return False
-        if any((self._sys / "block" / dm / "holders").glob("*")):
-            return True
-        out = self._runner.run([DMSETUP, "info", "-c", "--noheadings", "-o", "open", name], timeout=10).stdout
-        return out.strip() not in ("", "0")
+        return self.has_holders(name) or self.open_count(name) > 0
+
+    def has_holders(self, name: str) -> bool:
+        """Whether a device is stacked on the map (an LVM LV, a partition map)."""
+        dm = self.dm_name(name)
+        return dm is not None and any((self._sys / "block" / dm / "holders").glob("*"))
+
+    def open_count(self, name: str) -> int:
+        """device-mapper's open count of the map: mounts, processes and stacked devices alike."""
+        out = self._runner.run([DMSETUP, "info", "-c", "--noheadings", "-o", "open", name], timeout=10).stdout.strip()
+        return int(out) if out.isdigit() else 0
 
     def maps_over(self, devices: Collection[str]) -> list[str]:
         """Names of the multipath maps built over any of devices (sdX), whatever they are named:

@@ -318,7 +318,13 @@ class NodeVolumes:
         if not states:
             return {}
         sessions = self._attacher.sessions()
-        return {s.volume_id: self._attacher.gaps(s.target_iqn, s.portals, s.lun, s.wwid, sessions) for s in states}
+        every = {}
+        for s in states:
+            try:
+                every[s.volume_id] = self._attacher.gaps(s.target_iqn, s.portals, s.lun, s.wwid, sessions)
+            except OSError as exc:  # a session or device going away while sysfs was read: looked at next pass
+                log.warning("looking at volume %s for self-heal: %s", s.volume_id, exc)
+        return every
 
     def heal(self, volume_id: str) -> tuple[list[str], list[Repair]]:
         """Repair what heal_gaps finds; the caller holds the volume's lock, so no stage or unstage

@@ -64,6 +64,12 @@ def run(args: argparse.Namespace, make_volumes: Callable[[NodeIdentity, Subproce
         print(f"doctor: --initiator-iqn {args.initiator_iqn} is not the one the node plugin serves with "
               f"({recorded}); leave it out", file=sys.stderr)
         return 2
+    if args.fix and not _host_pid_namespace():
+        # The check that no process uses a device reads /proc: in a PID namespace of its own it
+        # would see none of the host's processes.
+        print("doctor: --fix needs the host's processes in /proc: run it in the node plugin's container with "
+              "node.hostTools=true (hostPID), or on the host", file=sys.stderr)
+        return 2
     runner = SubprocessRunner(host_pid=args.host_pid)
     mountinfo = Path(f"/proc/{args.host_pid}/mountinfo") if args.host_pid else Path("/proc/self/mountinfo")
     try:
@@ -75,14 +81,16 @@ def run(args: argparse.Namespace, make_volumes: Callable[[NodeIdentity, Subproce
         if args.fix and findings:
             states = StageStateStore(args.state_dir / "node" / "volumes", readonly=True)
             findings = doctor.fix(findings, make_volumes(node, runner),
-                                  VolumeLocks(args.state_dir / "node" / "locks"), states)
+                                  VolumeLocks(args.state_dir / "node" / "locks", strict=True), states)
     except (CsiIscsiError, OSError) as exc:
         print(f"doctor: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        json.dump({"fixed": bool(args.fix), "findings": [asdict(f) for f in findings]}, out, indent=2)
+        json.dump({"fixed": bool(args.fix), "initiator": initiator, "findings": [asdict(f) for f in findings]}, out,
+                  indent=2)
         print(file=out)
     else:
+        print(f"node {node.node_id.node_name}, initiator {initiator}", file=out)
         render(findings, bool(args.fix), out)
     if args.fix:  # what doctor only reports is not counted: a person checks it
         return 1 if any(f.fix and not f.result.startswith("cleared") for f in findings) else 0
@@ -90,6 +98,14 @@ def run(args: argparse.Namespace, make_volumes: Callable[[NodeIdentity, Subproce
 
 
 IDENTITY_FILE = "identity.json"
+
+
+def _host_pid_namespace(proc: Path = Path("/proc")) -> bool:
+    """kthreadd is PID 2 only in the host's PID namespace."""
+    try:
+        return (proc / "2" / "comm").read_text().strip() == "kthreadd"
+    except OSError:
+        return False
 
 
 def read_recorded_identity(node_dir: Path) -> str:

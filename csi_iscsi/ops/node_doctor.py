@@ -252,23 +252,32 @@ class NodeDoctor:
 
     def _processes_with(self, numbers: dict[str, str]) -> list[str]:
         """'<device> open by <comm> (pid N)' for every process but multipathd with one of the
-        devices (major:minor -> name) open."""
+        devices (major:minor -> name) open. Only descriptors that name something under /dev are
+        looked at (a stat of any other could hang on a dead network mount), and a process whose
+        descriptors cannot be read counts as a user: what cannot be told is never "not in use"."""
         if not numbers:
             return []
         found = []
         for pid_dir in self._proc.glob("[0-9]*"):
+            if pid_dir.name == str(os.getpid()):
+                continue
             try:
                 comm = (pid_dir / "comm").read_text().strip()
             except OSError:
-                continue
-            if comm == "multipathd" or pid_dir.name == str(os.getpid()):
+                continue  # gone
+            if comm == "multipathd":
                 continue
             try:
                 fds = list((pid_dir / "fd").iterdir())
-            except OSError:
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                found.append(f"the open files of {comm} (pid {pid_dir.name}) cannot be read ({exc.strerror})")
                 continue
             for fd in fds:
                 try:
+                    if not os.readlink(fd).startswith("/dev/"):
+                        continue
                     st = fd.stat()
                 except OSError:
                     continue
@@ -281,8 +290,9 @@ class NodeDoctor:
     def _flush(self, finding: Finding) -> str:
         """A pathless map queues what is read or written to it for as long as its no_path_retry
         says, often for ever: a udev probe that opened it after its last path went hangs there and
-        keeps it open. With no stage state and no process but udev's holding it, nothing can ever
-        be served by it, so its queueing is stopped (the probe fails) before the flush."""
+        keeps it open. When nothing but such probes holds it (no stacked device, no mount, every
+        open accounted for by udev's workers), its queueing is stopped so the probes fail, and it
+        is flushed; whatever else holds it leaves it as it is, queueing included."""
         name = finding.subject
         maps = self._multipath.all_maps()
         if name not in maps:
@@ -291,18 +301,31 @@ class NodeDoctor:
         if slaves or finding.volume_id in self._owned():
             return "left: the map has paths or a stage state now"
         dm = self._multipath.dm_name(name)
-        users = [u for u in self._processes_with(self._numbers([dm] if dm else []))
-                 if not u.split(" open by ", 1)[1].startswith(UDEV_WORKERS)]
+        numbers = self._numbers([dm] if dm else [])
+        openers = self._processes_with(numbers)
+        users = [u for u in openers if " open by " not in u or not u.split(" open by ", 1)[1].startswith(UDEV_WORKERS)]
         if users:
             return f"left: in use ({'; '.join(users[:5])})"
-        if self._multipath.is_open(name):
-            self._multipath.stop_queueing(name)
-            deadline = time.monotonic() + 10
-            while self._multipath.is_open(name):
-                if time.monotonic() > deadline:
-                    return "left: something holds the map open"
-                time.sleep(0.5)
-        self._multipath.flush(name, deadline=time.monotonic() + 10)
+        mounted = [m.target for m in self._mounts.all() if m.major_minor in numbers]
+        if self._multipath.has_holders(name) or mounted:
+            return f"left: a device is stacked on the map or it is mounted ({', '.join(mounted) or 'holders'})"
+        opened = self._multipath.open_count(name)
+        if opened > len(openers):
+            return f"left: opened {opened} times, {len(openers)} of them by processes doctor can see"
+        stopped = False
+        try:
+            if opened:
+                stopped = self._multipath.stop_queueing(name)
+                deadline = time.monotonic() + 10
+                while self._multipath.open_count(name):
+                    if time.monotonic() > deadline:
+                        return "left: something holds the map open"
+                    time.sleep(0.5)
+            self._multipath.flush(name, deadline=time.monotonic() + 10)
+            stopped = False
+        finally:
+            if stopped and self._multipath.dm_name(name) is not None:
+                self._multipath.restore_queueing(name)  # left as it was found
         if not self._scsi.devices_with(wwid):
             self._multipath.forget(wwid)  # its wwids line would let multipathd build it again
         return "cleared"

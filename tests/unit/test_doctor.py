@@ -179,8 +179,29 @@ def test_a_pathless_map_of_an_lio_lun_no_state_names_is_flushed(world: NodeWorld
 
 def test_a_pathless_map_held_open_is_left(world: NodeWorld) -> None:
     pathless_map(world, contract.wwid(OTHER), holders=True, staged_once=OTHER)
-    assert fix(world) == [(MAP, "left: something holds the map open")]
-    assert not any(c[:2] == ("multipath", "-f") for c in world.runner.calls)
+    assert fix(world) == [(MAP, "left: a device is stacked on the map or it is mounted (holders)")]
+    assert not any(c[:2] == ("multipath", "-f") or "disablequeueing" in c for c in world.runner.calls)
+
+
+def test_a_pathless_map_opened_by_what_doctor_cannot_see_keeps_its_queueing(world: NodeWorld) -> None:
+    name = contract.wwid(OTHER)
+    pathless_map(world, name, staged_once=OTHER)
+    world.runner.on(["dmsetup", "info"], stdout="1\n")  # open once, by no process in /proc
+    assert fix(world) == [(MAP, "left: opened 1 times, 0 of them by processes doctor can see")]
+    assert not any(c[:2] == ("multipath", "-f") or "disablequeueing" in c for c in world.runner.calls)
+
+
+def test_doctor_never_acts_without_its_lock_file(tmp_path: Path) -> None:
+    from csi_iscsi.base.errors import Aborted
+
+    locks_dir = tmp_path / "locks"
+    strict, plugin = VolumeLocks(locks_dir, strict=True), VolumeLocks(locks_dir)
+    locks_dir.rmdir()
+    locks_dir.write_text("")  # a lock file cannot be made under it (any OSError; root writes anywhere)
+    with pytest.raises(Aborted, match="cannot be made"), strict.hold(VID, "csi-iscsi doctor"):
+        pass
+    with pytest.raises(NotADirectoryError), plugin.hold(VID, "NodeUnpublishVolume"):
+        pass  # the plugin falls back only where a lock file cannot be made for lack of room or rights
 
 
 def test_maps_of_other_disks_are_not_findings(world: NodeWorld) -> None:

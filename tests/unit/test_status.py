@@ -196,6 +196,7 @@ def test_status_imports_neither_grpc_nor_prometheus_client() -> None:
     import sys
 
     code = ("import sys, csi_iscsi.ops.status, csi_iscsi.ops.node_status; "
+            "from csi_iscsi.base.runner import SubprocessRunner; SubprocessRunner().run(['true'], timeout=30); "
             "print(sorted(m for m in ('grpc', 'prometheus_client', 'csi_iscsi.lio.pools') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
