@@ -77,7 +77,10 @@ class Scsi:
 
     def devices(self, sid: int, lun: int | None = None) -> list[ScsiDevice]:
         found = []
-        for block in sorted(self._session_dir(sid).glob("target*/*:*:*:*/block/*")):
+        # Through the session's device link, not its resolved path: resolving walks every component
+        # of a deep sysfs path, a cost every status and self-heal pass paid per session.
+        for block in sorted((self._sys / "class/iscsi_session" / f"session{sid}" / "device").glob(
+                "target*/*:*:*:*/block/*")):
             hctl = block.parent.parent.name
             if lun is not None and hctl.rsplit(":", 1)[1] != str(lun):
                 continue

@@ -94,7 +94,8 @@ def read_node_status(state_dir: Path, runner: Runner, *, volume_ids: list[str] |
         except CsiIscsiError as exc:  # failed, timed out, or not installed
             notes.append(f"multipathd did not answer ({exc}); path and map states are not shown")
     mounts = MountTable(mountinfo).all()
-    views = [_volume(state, sessions, paths, maps, mounts, scsi, multipath, sysfs) for state in states]
+    by_portal = {(s.target_iqn, _canonical(s.portal)): s for s in sessions}
+    views = [_volume(state, by_portal, paths, maps, mounts, scsi, multipath, sysfs) for state in states]
     return NodeStatus(views, notes)
 
 
@@ -113,18 +114,17 @@ def _canonical(portal: str) -> str:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
-def _volume(state: StageState, sessions: list[IscsiSession], every: dict[str, list[PathState]],
+def _volume(state: StageState, sessions: dict[tuple[str, str], IscsiSession], every: dict[str, list[PathState]],
             maps: dict[str, MapState], mounts: list[Mount], scsi: Scsi, multipath: Multipath,
             sysfs: Path) -> NodeVolumeView:
     by_device = {p.device: p for p in every.get(state.wwid, [])}
     views = []
     for portal in state.portals:
-        session = next((s for s in sessions if s.target_iqn == state.target_iqn
-                        and _canonical(s.portal) == _canonical(portal)), None)
+        session = sessions.get((state.target_iqn, _canonical(portal)))
         if session is None:
             views.append(PathView(portal, None, "none", "", "", "", "", None))
             continue
-        devices = scsi.devices(session.sid, state.lun) if scsi.session_exists(session.sid) else []
+        devices = scsi.devices(session.sid, state.lun)  # none when the session went away meanwhile
         if not devices:
             views.append(PathView(portal, session.sid, session.state, "", "", "", "", None))
             continue
