@@ -7,6 +7,7 @@ carries that can reach a path, a configfs name or a command line is checked here
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -129,6 +130,23 @@ def is_target_iqn_prefix(prefix: str) -> bool:
     """A prefix is usable only if every target IQN made from it is one the node plugin accepts
     (an eui. name has no room for a suffix, and IQNs are lowercase before the colon)."""
     return prefix.startswith("iqn.") and ":" not in prefix and is_iqn(target_iqn("csi-" + "0" * 32, prefix))
+
+
+def canonical_portal(portal: str) -> str:
+    """One spelling of ip:port, to compare a portal as given with one as sysfs writes it ("fd00::2",
+    not "fd00:0::2")."""
+    host, _, port = portal.rpartition(":")
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return portal.lower()
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def volume_id_of(target_iqn: str) -> str:
+    """The volume id a target IQN of the driver's form ends in; "" for any other target."""
+    suffix = target_iqn.rpartition(":")[2]
+    return suffix if is_volume_id(suffix) else ""
 
 
 def is_portal(value: str) -> bool:

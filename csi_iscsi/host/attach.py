@@ -18,6 +18,7 @@ from csi_iscsi.base.errors import CsiIscsiError, DeadlineExceeded, FailedPrecond
 from csi_iscsi.base.faults import fault_point
 from csi_iscsi.base.runner import CommandFailed, CommandTimedOut
 from csi_iscsi.chap import Chap
+from csi_iscsi.contract import canonical_portal
 from csi_iscsi.host.api import Repair
 from csi_iscsi.host.iscsiadm import EXIT_NO_OBJS_FOUND, Iscsiadm, SessionSettings
 from csi_iscsi.host.multipath import Multipath
@@ -127,8 +128,8 @@ class Attacher:
         over. every: this node's sessions, read once for many volumes."""
         assert self._multipath is not None
         sessions = [s for s in (self.sessions() if every is None else every) if s.target_iqn == target_iqn]
-        have = {s.portal.lower() for s in sessions}
-        found = [f"{portal}: no session" for portal in portals if portal.lower() not in have]
+        have = {canonical_portal(s.portal) for s in sessions}
+        found = [f"{portal}: no session" for portal in portals if canonical_portal(portal) not in have]
         slaves = set(self._multipath.slaves(wwid))
         for session in sessions:
             if not session.logged_in:
@@ -155,7 +156,8 @@ class Attacher:
         done: list[Repair] = []
         with self._iscsiadm.iface_in_use(self._settings):
             before = self.sessions(target_iqn)
-            had_devices = {d.name for s in before if s.logged_in for d in self._scsi.devices(s.sid, lun)}
+            devices = {s.sid: [d.name for d in self._scsi.devices(s.sid, lun)] for s in before if s.logged_in}
+            had_devices = {name for names in devices.values() for name in names}
             slaves = set(self._multipath.slaves(wwid))
             if not had_devices & slaves:
                 return [Repair("refused", ",".join(portals), False,
@@ -163,9 +165,9 @@ class Attacher:
                                "attached again behind its mount, since the node may have been fenced; stage the "
                                "volume again (restart its pod) once the target lets this node in")]
             outside = sorted(had_devices - slaves)
-            have = {s.portal.lower() for s in before}
-            missing = [portal for portal in portals if portal.lower() not in have]
-            if missing or any(not self._scsi.devices(s.sid, lun) for s in before if s.logged_in):
+            have = {canonical_portal(s.portal) for s in before}
+            missing = [portal for portal in portals if canonical_portal(portal) not in have]
+            if missing or not all(devices.values()):
                 try:
                     self._multipath.remember(wwid)  # a new path joins the map whatever find_multipaths says
                 except (CommandFailed, CommandTimedOut) as exc:

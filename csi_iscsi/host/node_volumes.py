@@ -307,7 +307,9 @@ class NodeVolumes:
 
     def heal_gaps(self, volume_id: str) -> list[str]:
         """What the volume's attachment lacks (from sysfs, no command)."""
-        state = self.staged(volume_id)
+        return self._gaps(self._states.get(volume_id))
+
+    def _gaps(self, state: StageState | None) -> list[str]:
         if state is None or not self._healable(state):
             return []
         return self._attacher.gaps(state.target_iqn, state.portals, state.lun, state.wwid)
@@ -329,8 +331,8 @@ class NodeVolumes:
     def heal(self, volume_id: str) -> tuple[list[str], list[Repair]]:
         """Repair what heal_gaps finds; the caller holds the volume's lock, so no stage or unstage
         runs meanwhile. Returns the gaps seen and the steps taken."""
-        gaps = self.heal_gaps(volume_id)
-        state = self.staged(volume_id)
+        state = self._states.get(volume_id)
+        gaps = self._gaps(state)
         if not gaps or state is None:
             return gaps, []
         chap = self._chaps.get(volume_id)
@@ -494,7 +496,7 @@ class NodeVolumes:
 
     def session_states(self) -> list[str]:
         """The kernel's state of each of this node's sessions to a target of the driver's form."""
-        return [s.state for s in self._attacher.sessions() if contract.is_volume_id(s.target_iqn.rpartition(":")[2])]
+        return [s.state for s in self._attacher.sessions() if contract.volume_id_of(s.target_iqn)]
 
     def _single_path_state(self, state: StageState) -> str:
         """The SCSI state of a volume used without a map: running, blocked (its session is

@@ -46,11 +46,6 @@ class Finding:
     result: str = ""  # after --fix: "cleared", or why it was left
 
 
-def _volume_of(target_iqn: str) -> str:
-    suffix = target_iqn.rpartition(":")[2]
-    return suffix if contract.is_volume_id(suffix) else ""
-
-
 def parse_records(text: str) -> list[tuple[str, str, str]]:
     """`iscsiadm -m node -P 1`: a "Target:" line, its "Portal: ip:port,tpgt" lines, and under each
     portal an "Iface Name:" line per record."""
@@ -111,7 +106,7 @@ class NodeDoctor:
         findings: list[Finding] = []
         orphan_sessions = set()
         for s in sessions:
-            vid = _volume_of(s.target_iqn)
+            vid = contract.volume_id_of(s.target_iqn)
             if vid and vid not in owned:
                 orphan_sessions.add(s.target_iqn)
                 findings.append(Finding(SESSION, f"session {s.sid} to {s.target_iqn} on {s.portal} ({s.state})", vid,
@@ -120,7 +115,7 @@ class NodeDoctor:
                                         "detach the volume's target: map, SCSI devices, sessions, node records"))
         records = self._records()
         for iqn, portal, iface in records:
-            vid = _volume_of(iqn)
+            vid = contract.volume_id_of(iqn)
             if vid and vid not in owned and iqn not in orphan_sessions and self._mine(iface):
                 findings.append(Finding(RECORD, f"node record of {iqn} on {portal} (iface {iface})", vid,
                                         "no stage state names its volume and no session uses it",

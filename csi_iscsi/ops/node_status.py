@@ -5,13 +5,13 @@ the map, and the mounts. One listing serves all volumes: sysfs, one `multipathd 
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from csi_iscsi.base.errors import CsiIscsiError
 from csi_iscsi.base.runner import Runner
+from csi_iscsi.contract import canonical_portal
 from csi_iscsi.host.mounts import Mount, MountTable
 from csi_iscsi.host.multipath import MapState, Multipath, PathState, paths_condition
 from csi_iscsi.host.scsi import IscsiSession, Scsi
@@ -94,7 +94,7 @@ def read_node_status(state_dir: Path, runner: Runner, *, volume_ids: list[str] |
         except CsiIscsiError as exc:  # failed, timed out, or not installed
             notes.append(f"multipathd did not answer ({exc}); path and map states are not shown")
     mounts = MountTable(mountinfo).all()
-    by_portal = {(s.target_iqn, _canonical(s.portal)): s for s in sessions}
+    by_portal = {(s.target_iqn, canonical_portal(s.portal)): s for s in sessions}
     views = [_volume(state, by_portal, paths, maps, mounts, scsi, multipath, sysfs) for state in states]
     return NodeStatus(views, notes)
 
@@ -104,23 +104,13 @@ def _on_map(state: StageState, multipath: Multipath) -> bool:
     return state.device == str(multipath.map_path(state.wwid))
 
 
-def _canonical(portal: str) -> str:
-    """One spelling of ip:port (sysfs writes addresses its own way: "fd00::2", not "fd00:0::2")."""
-    host, _, port = portal.rpartition(":")
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return portal
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
-
-
 def _volume(state: StageState, sessions: dict[tuple[str, str], IscsiSession], every: dict[str, list[PathState]],
             maps: dict[str, MapState], mounts: list[Mount], scsi: Scsi, multipath: Multipath,
             sysfs: Path) -> NodeVolumeView:
     by_device = {p.device: p for p in every.get(state.wwid, [])}
     views = []
     for portal in state.portals:
-        session = sessions.get((state.target_iqn, _canonical(portal)))
+        session = sessions.get((state.target_iqn, canonical_portal(portal)))
         if session is None:
             views.append(PathView(portal, None, "none", "", "", "", "", None))
             continue

@@ -421,3 +421,24 @@ def test_the_healer_and_the_node_service_share_one_lock_per_volume(tmp_path: Pat
     finally:
         for lock in services.owned:
             lock.release()
+
+
+def test_a_portal_spelled_otherwise_than_sysfs_writes_it_is_not_a_gap(tmp_path: Path) -> None:
+    """The controller's --portal may write an IPv6 address in a long form; sysfs writes the short one."""
+    import os
+
+    from csi_iscsi.host.iscsiadm import Iscsiadm, SessionSettings
+    from csi_iscsi.host.multipath import Multipath
+    from tests.unit.test_scsi_multipath import make_sysfs
+
+    sys_ = make_sysfs(tmp_path, 1, 3, {"sdb": (0, WWID)}, IQN, "[fd00::2]:3260")
+    (sys_ / "block/dm-0/slaves").mkdir(parents=True)
+    (sys_ / "block/dm-0/slaves/sdb").write_text("")
+    (tmp_path / "dev/mapper").mkdir(parents=True)
+    (tmp_path / "dev/dm-0").write_text("")
+    os.symlink(tmp_path / "dev/dm-0", tmp_path / "dev/mapper" / WWID)
+    runner = FakeRunner()
+    attacher = Attacher(Iscsiadm(runner), Scsi(sys_), Multipath(runner, dev=tmp_path / "dev", sysfs=sys_),
+                        SessionSettings())
+    assert attacher.gaps(IQN, ["[FD00:0:0::2]:3260"], 0, WWID) == []
+    assert attacher.gaps(IQN, ["[fd00::3]:3260"], 0, WWID) == ["[fd00::3]:3260: no session"]

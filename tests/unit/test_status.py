@@ -148,7 +148,7 @@ def test_a_stage_state_not_staged_is_not_called_abnormal(node_world: NodeWorld) 
 
 
 def test_portals_match_sessions_whatever_their_spelling(node_world: NodeWorld) -> None:
-    from csi_iscsi.ops.node_status import _canonical
+    from csi_iscsi.contract import canonical_portal as _canonical
 
     assert _canonical("[fd00:0::2]:3260") == _canonical("[fd00::2]:3260") == "[fd00::2]:3260"
     assert _canonical("10.0.0.1:3260") == "10.0.0.1:3260"
