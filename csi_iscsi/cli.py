@@ -46,6 +46,7 @@ from csi_iscsi.lio.pools import Pool, parse_pool_spec
 from csi_iscsi.lio.saveconfig import DEBIAN_SAVE_FILE, SavedConfig
 from csi_iscsi.lio.service import LioTargetService
 from csi_iscsi.ops import doctor, status
+from csi_iscsi.ops.target_doctor_cli import record_controller
 from csi_iscsi.server import CsiServer, Services
 from csi_iscsi.servicers.controller import ControllerServicer
 from csi_iscsi.servicers.identity import IdentityServicer
@@ -120,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("node", parents=[common, node], help="serve Identity + Node")
     sub.add_parser("all", parents=[common, controller, node], help="serve all three (testbed, demos)")
     status.add_parser(sub)
-    doctor.add_parser(sub, parents=[node])
+    doctor.add_parser(sub, parents=[node, controller])
     return p
 
 
@@ -196,6 +197,10 @@ def build_services(args: argparse.Namespace) -> Services:
                 raise CsiIscsiError(f"pool {pool.name} is configured twice")
             pools[pool.name] = pool
         owned.append(_own(args.state_dir / "controller", "controller"))
+        try:
+            record_controller(args.state_dir / "controller", specs, args.target_iqn_prefix, args.saveconfig)
+        except OSError as exc:  # best effort, as the node's identity: doctor can be given the flags
+            log.warning("recording the controller's settings for csi-iscsi doctor: %s", exc)
         target = LioTargetService(pools, args.portal, args.state_dir / "controller", SavedConfig(args.saveconfig),
                                   args.target_iqn_prefix)
         target.reconcile()

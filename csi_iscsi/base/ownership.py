@@ -69,6 +69,23 @@ class StateDirLock:
             raise
         self._fd = fd
 
+    def try_acquire(self) -> bool:
+        """Take the lock only if no one holds it (csi-iscsi doctor --fix: the plugin must be stopped);
+        False, holding nothing, if someone does."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        self._fd = fd
+        return True
+
+    def holder(self) -> str:
+        return self._holder()
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the flock

@@ -24,6 +24,9 @@ TPG_TAG = 1
 LUN_INDEX = 0
 HBA_INDEXES = 1 << 20  # LIO accepts HBA indexes below 2^20
 CONFIGFS = Path("/sys/kernel/config/target")
+# LIO's per-session iSCSI counters (fabric_statistics/iscsi_sess_stats of an ACL).
+SESSION_COUNTERS = ("cmd_pdus", "rsp_pdus", "txdata_octs", "rxdata_octs", "conn_digest_errors",
+                    "conn_timeout_errors")
 
 
 def _rtslib() -> Any:
@@ -118,6 +121,73 @@ class LioView:
                 faults.append(f"the ACL of {initiator} is {'writable' if readonly else 'read-only'}, "
                               f"though the volume is published to it {'read-only' if readonly else 'writable'}")
         return faults
+
+
+    # Inventory, for csi-iscsi doctor ------------------------------------------------------------
+
+    def target_dirs(self, prefix: str) -> list[str]:
+        """IQNs of the targets whose IQN starts with prefix (one directory listing)."""
+        try:
+            return sorted(e.name for e in os.scandir(self._iscsi) if e.is_dir() and e.name.startswith(prefix))
+        except OSError:
+            return []
+
+    def storage_objects(self) -> dict[str, tuple[str, str]]:
+        """name -> (its HBA directory, e.g. fileio_7; the file or device it serves) of every
+        fileio and iblock storage object."""
+        found: dict[str, tuple[str, str]] = {}
+        for hba in sorted(self._core.glob("*_*")):
+            if hba.name.rsplit("_", 1)[0] not in ("fileio", "iblock"):
+                continue
+            try:
+                entries = [e for e in os.scandir(hba) if e.is_dir() and e.name not in ("hba_info", "hba_mode")]
+            except OSError:
+                continue
+            for entry in entries:
+                found.setdefault(entry.name, (hba.name, self._read(Path(entry.path) / "udev_path") or ""))
+        return found
+
+    def exports(self) -> dict[str, list[str]]:
+        """storage object (HBA dir/name) -> every target:LUN exporting it, over all targets."""
+        found: dict[str, list[str]] = {}
+        for lun in sorted(self._iscsi.glob("*/tpgt_*/lun/lun_*")):
+            try:
+                links = [e.path for e in os.scandir(lun) if e.is_symlink()]
+            except OSError:
+                continue
+            for link in links:
+                so = Path(os.path.realpath(link))
+                found.setdefault(f"{so.parent.name}/{so.name}", []).append(f"{lun.parents[2].name} {lun.name}")
+        return found
+
+    def sessions(self, iqn: str) -> list[str]:
+        """Initiators with a session logged in to the target now (each ACL's info says; an
+        initiator let in without an ACL shows in dynamic_sessions)."""
+        found = []
+        for tpg in sorted((self._iscsi / iqn).glob("tpgt_*")):
+            for initiator, acl in sorted(self._acl_dirs(tpg).items()):
+                info = self._read(acl / "info")
+                if info is not None and not info.startswith("No active"):
+                    found.append(initiator)
+            dynamic = self._read(tpg / "dynamic_sessions") or ""
+            found += [line.strip() for line in dynamic.replace("\0", "\n").splitlines() if line.strip()]
+        return sorted(set(found))
+
+    def session_stats(self, iqn: str) -> list[dict[str, int]]:
+        """The iSCSI session counters of each ACL with a session (LIO's iscsi_sess_stats: PDUs,
+        data octets, connection errors). Counters of a session start again at its next login."""
+        stats = []
+        for tpg in sorted((self._iscsi / iqn).glob("tpgt_*")):
+            for acl in self._acl_dirs(tpg).values():
+                group = acl / "fabric_statistics" / "iscsi_sess_stats"
+                values = {}
+                for name in SESSION_COUNTERS:
+                    text = self._read(group / name)
+                    if text and text.isdigit():
+                        values[name] = int(text)
+                if values:
+                    stats.append(values)
+        return stats
 
 
 class Lio(LioView):

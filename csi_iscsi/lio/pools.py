@@ -43,7 +43,7 @@ from csi_iscsi.base.errors import (
     Unavailable,
 )
 from csi_iscsi.base.runner import CommandFailed, Runner
-from csi_iscsi.contract import POOL_NAME_RE
+from csi_iscsi.contract import POOL_NAME_RE, is_snapshot_id, is_volume_id
 from csi_iscsi.lio.filecopy import sparse_copy, try_reflink
 
 GiB = 1024**3
@@ -112,6 +112,10 @@ class Pool(Protocol):
 
     def snapshot_exists(self, snapshot_id: str) -> bool: ...
     def release_snapshot(self, snapshot_id: str) -> None: ...
+    def items(self) -> dict[str, str]:
+        """item id (a volume's or a snapshot's) -> where its data is, for every item the pool holds
+        under the driver's names, from one listing. csi-iscsi doctor only."""
+        ...
 
     def allocate_from(self, source_id: str, volume_id: str, size: int, *, in_use: bool,
                       cancel: threading.Event | None = None) -> Backing:
@@ -216,6 +220,14 @@ class FileioPool:
     def present(self, item_ids: Collection[str]) -> set[str]:
         names = set(os.listdir(self.directory))
         return {i for i in item_ids if self._path(i).name in names}
+
+    def items(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for name in sorted(os.listdir(self.directory)):
+            item = name.removesuffix(".part").removesuffix(".img")
+            if item != name and (is_volume_id(item) or is_snapshot_id(item)):
+                found.setdefault(item, str(self.directory / name))
+        return found
 
     def usage_now(self) -> PoolUsage:
         st = os.statvfs(self.directory)
@@ -375,6 +387,10 @@ class LvmThinPool:
     def present(self, item_ids: Collection[str]) -> set[str]:
         names = set(self._runner.run(["lvs", "--noheadings", "-o", "lv_name", self.vg], timeout=30).stdout.split())
         return set(item_ids) & names
+
+    def items(self) -> dict[str, str]:
+        names = self._runner.run(["lvs", "--noheadings", "-o", "lv_name", self.vg], timeout=30).stdout.split()
+        return {n: f"/dev/{self.vg}/{n}" for n in sorted(names) if is_volume_id(n) or is_snapshot_id(n)}
 
     def usage_now(self) -> PoolUsage:
         # One lvs, bounded short: a scrape must answer even while LVM is locked by a long command.

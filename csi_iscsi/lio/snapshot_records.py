@@ -21,11 +21,13 @@ log = logging.getLogger(__name__)
 
 
 class SnapshotStore:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, readonly: bool = False) -> None:
+        """readonly: for a reader beside the running controller (csi-iscsi doctor), as RecordStore's."""
         self._dir = state_dir / "snapshots"
         self._lock = threading.Lock()
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        remove_stale_temps(self._dir)
+        if not readonly:
+            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            remove_stale_temps(self._dir)
         self._records: dict[str, SnapshotRecord] = {}
         self.unreadable: set[str] = set()
         for path in self._dir.glob("snap-*.json"):

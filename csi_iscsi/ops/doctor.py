@@ -1,6 +1,7 @@
-"""`csi-iscsi doctor [--fix]` on a worker: what no stage state owns (csi_iscsi.ops.node_doctor),
-printed with why and what --fix would do; with --fix, cleared. Exit 0 when nothing is found (or
-everything found was cleared), 1 when something is left, 2 when the host could not be read."""
+"""`csi-iscsi doctor [--fix]`: on a worker, what no stage state owns (csi_iscsi.ops.node_doctor);
+on the target node, what no controller record owns (csi_iscsi.ops.target_doctor). Printed with why
+and what --fix would do; with --fix, cleared. Exit 0 when nothing is found (or everything found was
+cleared), 1 when something is left, 2 when the host could not be read."""
 
 from __future__ import annotations
 
@@ -18,15 +19,22 @@ from csi_iscsi.base.runner import SubprocessRunner
 from csi_iscsi.host.iscsiadm import SessionSettings
 from csi_iscsi.host.node_volumes import NodeVolumes
 from csi_iscsi.host.stage_state import StageStateStore
-from csi_iscsi.ops.node_doctor import Finding, NodeDoctor
+from csi_iscsi.ops.findings import Finding
+from csi_iscsi.ops.node_doctor import NodeDoctor
 from csi_iscsi.servicers.node import NodeIdentity
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("doctor", parents=parents,
-                       help="find (and with --fix clear) what no volume owns on this worker")
+                       help="find (and with --fix clear) what no volume owns on this worker or target node")
     p.add_argument("--fix", action="store_true",
-                   help="clear what is provably orphaned, in the safe detach order (default: only report)")
+                   help="clear what is provably orphaned, in the safe detach order (default: only report); on the "
+                        "target node only while the controller is stopped")
+    p.add_argument("--side", choices=["auto", "node", "target"], default="auto",
+                   help="auto: the node side where <state-dir>/node exists, the target side where "
+                        "<state-dir>/controller exists")
+    p.add_argument("--delete-data", action="store_true",
+                   help="with --fix on the target node: also delete pool files or LVs no record names")
     p.add_argument("--json", action="store_true", help="JSON for tools instead of text")
     p.add_argument("--state-dir", type=Path, default=Path("/var/lib/csi-iscsi"))
     p.add_argument("--host-pid", type=int, default=None,
@@ -34,10 +42,11 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                         "container)")
 
 
-def render(findings: list[Finding], fixing: bool, out: TextIO) -> None:
+def render(findings: list[Finding], fixing: bool, out: TextIO,
+           nothing: str = "nothing found: every session, record, map and state on this node belongs to a staged "
+                          "volume") -> None:
     if not findings:
-        print("nothing found: every session, record, map and state on this node belongs to a staged volume",
-              file=out)
+        print(nothing, file=out)
     for f in findings:
         whose = f" (volume {f.volume_id})" if f.volume_id else ""
         print(f"{f.kind}: {f.subject}{whose}", file=out)
@@ -51,6 +60,29 @@ def render(findings: list[Finding], fixing: bool, out: TextIO) -> None:
 
 def run(args: argparse.Namespace, make_volumes: Callable[[NodeIdentity, SubprocessRunner], NodeVolumes],
         identity: Callable[[], NodeIdentity], out: TextIO = sys.stdout) -> int:
+    node_dir, controller_dir = args.state_dir / "node", args.state_dir / "controller"
+    want_node = args.side == "node" or (args.side == "auto" and node_dir.is_dir())
+    want_target = args.side == "target" or (args.side == "auto" and controller_dir.is_dir())
+    if not (want_node or want_target):
+        print(f"doctor: neither {node_dir} nor {controller_dir} is on this host; pass the plugin's --state-dir",
+              file=sys.stderr)
+        return 2
+    if want_node and want_target and args.json:
+        print("doctor: this host holds both plugins' state; with --json pass --side node or --side target",
+              file=sys.stderr)
+        return 2
+    codes = []
+    if want_target:
+        from csi_iscsi.ops.target_doctor_cli import run_target
+
+        codes.append(run_target(args, out))
+    if want_node:
+        codes.append(run_node(args, make_volumes, identity, out))
+    return max(codes)
+
+
+def run_node(args: argparse.Namespace, make_volumes: Callable[[NodeIdentity, SubprocessRunner], NodeVolumes],
+             identity: Callable[[], NodeIdentity], out: TextIO = sys.stdout) -> int:
     node_dir = args.state_dir / "node"
     if not (node_dir / ".lock").exists() or not (node_dir / "volumes").is_dir():
         # With the wrong directory every staged volume would look orphaned: refuse, never guess.
@@ -92,7 +124,11 @@ def run(args: argparse.Namespace, make_volumes: Callable[[NodeIdentity, Subproce
     else:
         print(f"node {node.node_id.node_name}, initiator {initiator}", file=out)
         render(findings, bool(args.fix), out)
-    if args.fix:  # what doctor only reports is not counted: a person checks it
+    return exit_code(findings, bool(args.fix))
+
+
+def exit_code(findings: list[Finding], fixing: bool) -> int:
+    if fixing:  # what doctor only reports is not counted: a person checks it
         return 1 if any(f.fix and not f.result.startswith("cleared") for f in findings) else 0
     return 1 if findings else 0
 

@@ -14,7 +14,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -28,22 +28,13 @@ from csi_iscsi.host.multipath import Multipath
 from csi_iscsi.host.node_volumes import NodeVolumes
 from csi_iscsi.host.scsi import Scsi
 from csi_iscsi.host.stage_state import STAGED, StageState, StageStateStore
+from csi_iscsi.ops.findings import Finding
 
 # udev's workers (and the blkid it runs) open every new or changed block device to probe it.
 UDEV_WORKERS = ("(udev-worker)", "systemd-udevd", "udevd", "blkid")
 
 # What each kind of finding is, for the text output and docs/operations.md.
 SESSION, RECORD, MAP, STATE, MOUNT, IFACE = "session", "record", "map", "state", "mount", "iface"
-
-
-@dataclass(frozen=True)
-class Finding:
-    kind: str
-    subject: str  # what it is: the session, record, map, file or mount
-    volume_id: str  # whose it is; "" when that cannot be told
-    why: str  # why it is an orphan
-    fix: str  # what --fix does to it; "" when doctor only reports it
-    result: str = ""  # after --fix: "cleared", or why it was left
 
 
 def parse_records(text: str) -> list[tuple[str, str, str]]:

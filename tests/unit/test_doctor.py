@@ -231,11 +231,13 @@ def test_doctor_refuses_a_directory_that_is_not_a_node_plugins(tmp_path: Path) -
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "csi_iscsi", "doctor", "--state-dir", str(tmp_path / "typo"),
-                           "--node-name", "n1", "--initiator-iqn", "iqn.2026-11.io.x:me"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "not a node plugin's state directory" in proc.stderr
-    assert not (tmp_path / "typo").exists()  # and made nothing
+    for side, said in (("auto", "neither"), ("node", "not a node plugin's state directory"),
+                       ("target", "not a controller's state directory")):
+        proc = subprocess.run([sys.executable, "-m", "csi_iscsi", "doctor", "--state-dir", str(tmp_path / "typo"),
+                               "--side", side, "--node-name", "n1", "--initiator-iqn", "iqn.2026-11.io.x:me"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and said in proc.stderr, (side, proc.stderr)
+        assert not (tmp_path / "typo").exists()  # and made nothing
 
 
 def test_a_lock_is_released_for_the_next_holder_in_another_process(tmp_path: Path) -> None:

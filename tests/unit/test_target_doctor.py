@@ -1,0 +1,216 @@
+"""csi-iscsi doctor on the target node, over a configfs tree shaped like the kernel's, a real
+fileio pool directory, real record files and a real saved config: each orphan kind found, --fix
+clears only what no record names, in order, nothing in use and no data without --delete-data, and
+never a live volume's part. The same is proven on real LIO in tests/testbed/test_target_doctor.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from csi_iscsi import contract
+from csi_iscsi.base.ownership import StateDirLock
+from csi_iscsi.lio.api import READY, SnapshotRecord, VolumeRecord
+from csi_iscsi.lio.objects import LioView
+from csi_iscsi.lio.pools import FileioPool
+from csi_iscsi.lio.records import RecordStore
+from csi_iscsi.lio.snapshot_records import SnapshotStore
+from csi_iscsi.ops.target_doctor import DATA, OBJECT, RECORD, SAVED, TARGET, TargetDoctor
+
+PREFIX = contract.DEFAULT_TARGET_IQN_PREFIX
+LIVE = contract.volume_id_for_name("pvc-live")
+ORPHAN = contract.volume_id_for_name("pvc-orphan")  # target + object + saved entries + file, no record
+LONE = contract.volume_id_for_name("pvc-lone")  # an unexported storage object only
+BUSY = contract.volume_id_for_name("pvc-busy")  # an orphan target an initiator is logged in to
+UNSAVED = contract.volume_id_for_name("pvc-unsaved")  # ready and live, missing from the saved config
+BARE = contract.volume_id_for_name("pvc-bare")  # ready, LIO lacks its objects
+SNAP = contract.snapshot_id_for_name("snap-kept")
+INITIATOR = "iqn.1993-08.org.debian:01:node1"
+
+
+class World:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.cfs = tmp / "configfs"
+        self.state = tmp / "state"
+        self.controller = self.state / "controller"
+        self.pool_dir = tmp / "pool"
+        self.pool_dir.mkdir()
+        self.saveconfig = tmp / "saveconfig.json"
+        self.pool = FileioPool("default", self.pool_dir)
+        self._hba = 0
+        self.controller.mkdir(parents=True)
+        (self.controller / ".lock").touch()
+
+    def record(self, vid: str) -> None:
+        RecordStore(self.controller).put(VolumeRecord(vid, f"pvc-{vid[-4:]}", "default", 1 << 20, "mount",
+                                                      ("SINGLE_NODE_WRITER",), {}, state=READY))
+
+    def data(self, item: str) -> Path:
+        path = self.pool_dir / f"{item}.img"
+        path.write_bytes(b"x")
+        return path
+
+    def storage_object(self, name: str) -> Path:
+        self._hba += 1
+        so = self.cfs / "core" / f"fileio_{self._hba}" / name
+        so.mkdir(parents=True)
+        (so / "udev_path").write_text(f"{self.pool_dir / (name + '.img')}\n")
+        return so
+
+    def target(self, vid: str, so: Path | None, session: bool = False) -> None:
+        tpg = self.cfs / "iscsi" / contract.target_iqn(vid) / "tpgt_1"
+        (tpg / "lun" / "lun_0").mkdir(parents=True)
+        if so is not None:
+            os.symlink(so, tpg / "lun" / "lun_0" / "0123456789")
+        acl = tpg / "acls" / INITIATOR
+        acl.mkdir(parents=True)
+        (acl / "info").write_text(f"InitiatorName: {INITIATOR}\n" if session else
+                                  f"No active iSCSI Session for Initiator Endpoint: {INITIATOR}\n")
+
+    def save(self, vids: list[str]) -> None:
+        self.saveconfig.write_text(json.dumps({
+            "fabric_modules": [],
+            "storage_objects": [{"name": v, "plugin": "fileio"} for v in vids] + [{"name": "admin-disk"}],
+            "targets": [{"wwn": contract.target_iqn(v), "tpgs": [{"tag": 1}]} for v in vids] +
+                       [{"wwn": "iqn.2003-01.org.admin:disk", "tpgs": []}]}))
+
+    def doctor(self) -> TargetDoctor:
+        return TargetDoctor(self.controller, LioView(self.cfs), self.saveconfig, {"default": self.pool}, prefix=PREFIX)
+
+    def whole(self, vid: str, saved: bool = True) -> None:
+        self.record(vid)
+        self.data(vid)
+        self.target(vid, self.storage_object(vid), session=True)
+
+
+class FakeLio:
+    """Deletes in the fake configfs what rtslib would delete in the real one."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.calls: list[str] = []
+
+    def delete_target(self, iqn: str) -> None:
+        self.calls.append(f"delete_target {iqn}")
+        shutil.rmtree(self.world.cfs / "iscsi" / iqn)
+
+    def delete_storage_object(self, name: str, iqn: str | None = None) -> None:
+        self.calls.append(f"delete_storage_object {name}")
+        for so in self.world.cfs.glob(f"core/*/{name}"):
+            shutil.rmtree(so)
+
+    def dump(self, storage_object: str, iqn: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        self.calls.append(f"dump {storage_object}")
+        return {"name": storage_object, "plugin": "fileio"}, {"wwn": iqn, "tpgs": [{"tag": 1}]}
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    w = World(tmp_path)
+    w.whole(LIVE)
+    w.whole(UNSAVED)
+    w.record(BARE)
+    w.data(BARE)
+    w.data(ORPHAN)
+    w.target(ORPHAN, w.storage_object(ORPHAN))
+    w.storage_object(LONE)
+    w.target(BUSY, None, session=True)
+    SnapshotStore(w.controller).put(SnapshotRecord(SNAP, "snap-kept", LIVE, "default", 1 << 20, created_ns=1,
+                                                   state=READY))
+    w.data(SNAP)
+    w.save([LIVE, BARE, ORPHAN])
+    return w
+
+
+def kinds(findings: list[Any]) -> list[tuple[str, str]]:
+    return sorted((f.kind, f.volume_id) for f in findings)
+
+
+def test_each_orphan_kind_is_found_and_no_live_volume_part(world: World) -> None:
+    findings = world.doctor().find()
+    assert kinds(findings) == sorted([
+        (TARGET, ORPHAN), (TARGET, BUSY), (OBJECT, ORPHAN), (OBJECT, LONE), (SAVED, ORPHAN), (SAVED, ORPHAN),
+        (DATA, ORPHAN), (RECORD, UNSAVED), (RECORD, BARE)])
+    by = {(f.kind, f.volume_id): f for f in findings}
+    assert "logged in now: " + INITIATOR.lower() in by[TARGET, BUSY].why
+    assert "exported by " + contract.target_iqn(ORPHAN) in by[OBJECT, ORPHAN].why
+    assert "LioLacks" not in by[RECORD, BARE].why and "lacks its storage object and target" in by[RECORD, BARE].why
+    assert by[RECORD, BARE].fix == ""  # the controller's start restores it, doctor does not
+    assert "missing from the saved config" in by[RECORD, UNSAVED].why
+    assert all(LIVE not in f.subject and f.volume_id not in (LIVE, SNAP) for f in findings)
+
+
+def test_an_unreadable_record_still_owns_its_volume(world: World) -> None:
+    (world.controller / "volumes" / f"{ORPHAN}.json").write_text("{not json")
+    assert ORPHAN not in {f.volume_id for f in world.doctor().find()}
+
+
+def test_fix_clears_in_order_leaves_what_is_in_use_and_data_without_the_flag(world: World) -> None:
+    doctor = world.doctor()
+    lio = FakeLio(world)
+    done = doctor.fix(doctor.find(), lio, delete_data=False)
+    result: dict[tuple[str, str], list[str]] = {}
+    for f in done:
+        result.setdefault((f.kind, f.volume_id), []).append(f.result)
+    assert lio.calls.index(f"delete_target {contract.target_iqn(ORPHAN)}") < \
+        lio.calls.index(f"delete_storage_object {ORPHAN}")  # the target first, then what it exported
+    assert f"delete_target {contract.target_iqn(BUSY)}" not in lio.calls
+    assert result[TARGET, BUSY][0].startswith("left: logged in by")
+    assert result[TARGET, ORPHAN] == result[OBJECT, ORPHAN] == result[OBJECT, LONE] == ["cleared"]
+    assert result[SAVED, ORPHAN] == ["cleared", "cleared"] and result[RECORD, UNSAVED] == ["cleared"]
+    assert result[DATA, ORPHAN] == ["left: pool data is deleted only with --delete-data"]
+    assert (world.pool_dir / f"{ORPHAN}.img").exists()
+    assert result[RECORD, BARE] == ["reported only"]
+    saved = json.loads(world.saveconfig.read_text())
+    assert [so["name"] for so in saved["storage_objects"]] == sorted([LIVE, BARE, UNSAVED, "admin-disk"])
+    assert [t["wwn"] for t in saved["targets"]] == sorted([contract.target_iqn(v) for v in (LIVE, BARE, UNSAVED)] +
+                                                          ["iqn.2003-01.org.admin:disk"])
+    # The live volume and the snapshot are as they were; what is left is what was refused or only reported.
+    assert (world.cfs / "iscsi" / contract.target_iqn(LIVE)).is_dir() and list(world.cfs.glob(f"core/*/{LIVE}"))
+    assert (world.pool_dir / f"{LIVE}.img").exists() and (world.pool_dir / f"{SNAP}.img").exists()
+    assert kinds(doctor.find()) == sorted([(TARGET, BUSY), (DATA, ORPHAN), (RECORD, BARE)])
+
+
+def test_fix_deletes_orphan_data_only_with_delete_data_and_never_what_lio_serves(world: World) -> None:
+    doctor = world.doctor()
+    (world.cfs / "iscsi" / contract.target_iqn(ORPHAN) / "tpgt_1" / "acls" / INITIATOR / "info").write_text(
+        f"InitiatorName: {INITIATOR}\n")  # the orphan target is in use: its object and data stay
+    done = doctor.fix(doctor.find(), FakeLio(world), delete_data=True)
+    assert {f.kind: f.result for f in done if f.volume_id == ORPHAN}[DATA] == \
+        "left: LIO serves it; clear its storage object first"
+    assert all(f.result.startswith("left") for f in done if f.volume_id == ORPHAN)  # saved entries kept too
+    assert (world.pool_dir / f"{ORPHAN}.img").exists()
+    (world.cfs / "iscsi" / contract.target_iqn(ORPHAN) / "tpgt_1" / "acls" / INITIATOR / "info").write_text(
+        "No active iSCSI Session for Initiator Endpoint: x\n")
+    done = doctor.fix(doctor.find(), FakeLio(world), delete_data=True)
+    assert {f.kind: f.result for f in done if f.volume_id == ORPHAN}[DATA] == "cleared"
+    assert not (world.pool_dir / f"{ORPHAN}.img").exists()
+    assert (world.pool_dir / f"{LIVE}.img").exists() and (world.pool_dir / f"{SNAP}.img").exists()
+
+
+def test_fix_on_the_target_refuses_while_the_controller_runs(world: World) -> None:
+    lock = StateDirLock(world.controller, "controller")
+    lock.acquire()
+    try:
+        argv = [sys.executable, "-m", "csi_iscsi", "doctor", "--side", "target", "--fix", "--state-dir",
+                str(world.state), "--saveconfig", str(world.saveconfig),
+                "--pool", f"name=default,type=fileio,path={world.pool_dir}"]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "the controller is running" in proc.stderr, proc.stderr
+        assert (world.pool_dir / f"{ORPHAN}.img").exists()
+        dry = subprocess.run([a for a in argv if a != "--fix"] + ["--json"], capture_output=True, text=True,
+                             timeout=120)
+        # Beside a running controller a dry run reads (the real configfs is absent here: LIO shows nothing).
+        assert dry.returncode == 1, dry.stderr
+        found = json.loads(dry.stdout)["findings"]
+        assert {(f["kind"], f["volume_id"]) for f in found} >= {(SAVED, ORPHAN), (DATA, ORPHAN)}
+    finally:
+        lock.release()
