@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from prometheus_client import REGISTRY, start_http_server
@@ -45,7 +46,11 @@ from csi_iscsi.lio.pool_metrics import PoolCollector
 from csi_iscsi.lio.pools import Pool, parse_pool_spec
 from csi_iscsi.lio.saveconfig import DEBIAN_SAVE_FILE, SavedConfig
 from csi_iscsi.lio.service import LioTargetService
+from csi_iscsi.lio.session_metrics import TargetSessionCollector
 from csi_iscsi.ops import doctor, status
+from csi_iscsi.ops.doctor_loop import NODE_KINDS, TARGET_KINDS, DoctorLoop
+from csi_iscsi.ops.findings import Finding
+from csi_iscsi.ops.node_doctor import NodeDoctor
 from csi_iscsi.ops.target_doctor_cli import record_controller
 from csi_iscsi.server import CsiServer, Services
 from csi_iscsi.servicers.controller import ControllerServicer
@@ -76,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--host-pid", type=int, default=None,
                         help="run the host's tools (iscsiadm, multipath, mkfs, mount; lvm on the target) in this "
                              "PID's namespaces via nsenter: 1 in a container with the host's PID namespace")
+    common.add_argument("--doctor-interval", type=float, default=300.0,
+                        help="seconds between dry runs of csi-iscsi doctor on this plugin's side, counted in "
+                             "csi_iscsi_doctor_findings; 0 turns them off")
     common.add_argument("--state-dir", type=Path, default=Path("/var/lib/csi-iscsi"),
                         help="durable state on the host: <dir>/controller (volume records), <dir>/node (stage state)")
 
@@ -179,7 +187,7 @@ def build_services(args: argparse.Namespace) -> Services:
     node: NodeServicer | None = None
     checks: list[Callable[[], tuple[bool, str]]] = []
     owned: list[StateDirLock] = []
-    background: list[Healer] = []
+    background: list[Healer | DoctorLoop] = []
     if args.mode in ("controller", "all"):
         bad = [p for p in args.portal if not is_portal(p)]
         if bad:
@@ -204,8 +212,16 @@ def build_services(args: argparse.Namespace) -> Services:
         target = LioTargetService(pools, args.portal, args.state_dir / "controller", SavedConfig(args.saveconfig),
                                   args.target_iqn_prefix)
         target.reconcile()
+        if args.doctor_interval > 0:
+            from csi_iscsi.lio.objects import LioView
+            from csi_iscsi.ops.target_doctor import TargetDoctor
+
+            target_doctor = TargetDoctor(args.state_dir / "controller", LioView(), args.saveconfig, pools,
+                                         prefix=args.target_iqn_prefix)
+            background.append(DoctorLoop("target", TARGET_KINDS, target_doctor.find, args.doctor_interval))
         if args.metrics_address:
             REGISTRY.register(PoolCollector(target))
+            REGISTRY.register(TargetSessionCollector(target.session_counters))
         checks.append(target.ready)
         controller = ControllerServicer(target, tuple(args.serve_zone) or (DEFAULT_ZONE,))
     if args.mode in ("node", "all"):
@@ -223,6 +239,9 @@ def build_services(args: argparse.Namespace) -> Services:
         node = NodeServicer(deferred, locks=locks)
         if args.heal_interval > 0:
             background.append(Healer(lambda: deferred.get()[1], locks, args.heal_interval, workers=args.heal_workers))
+        if args.doctor_interval > 0:
+            background.append(DoctorLoop("node", NODE_KINDS, partial(_node_findings, args, runner, deferred),
+                                         args.doctor_interval))
         if args.metrics_address:
             REGISTRY.register(NodePathCollector(lambda: deferred.get()[1].path_health()))
             REGISTRY.register(NodeSessionCollector(lambda: deferred.get()[1].session_states()))
@@ -238,6 +257,14 @@ def build_services(args: argparse.Namespace) -> Services:
 
     return Services(identity=IdentityServicer(readiness), controller=controller, node=node, owned=owned,
                     background=background)
+
+
+def _node_findings(args: argparse.Namespace, runner: SubprocessRunner, deferred: DeferredNode) -> list[Finding]:
+    """The node side's doctor dry run, for csi_iscsi_doctor_findings."""
+    initiator = deferred.get()[0].node_id.initiator_iqn
+    mountinfo = Path(f"/proc/{args.host_pid}/mountinfo") if args.host_pid else Path("/proc/self/mountinfo")
+    return NodeDoctor(args.state_dir, runner, initiator=initiator,
+                      iface=SessionSettings(initiator_name=initiator).iface, mountinfo=mountinfo).find()
 
 
 def record_identity(node_dir: Path, initiator_iqn: str) -> None:

@@ -53,7 +53,7 @@ class Services:
     controller: csi_pb2_grpc.ControllerServicer | None = None
     node: csi_pb2_grpc.NodeServicer | None = None
     owned: list[Any] = field(default_factory=list)  # state directory locks, held while serving
-    background: list[Any] = field(default_factory=list)  # loops with start() and stop(): self-heal
+    background: list[Any] = field(default_factory=list)  # loops with start() and stop(): self-heal, doctor dry runs
 
 
 class CsiServer:

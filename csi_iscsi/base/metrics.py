@@ -62,6 +62,9 @@ class _Nothing:
     def observe(self, amount: float) -> None:
         pass
 
+    def set(self, value: float) -> None:
+        pass
+
 
 _NOTHING = _Nothing()
 

@@ -410,11 +410,16 @@ def test_the_healer_and_the_node_service_share_one_lock_per_volume(tmp_path: Pat
     args = cli._parser().parse_args(["node", "--state-dir", str(tmp_path), "--node-name", "n1"])
     services = cli.build_services(args)
     try:
-        [healer] = services.background
+        from csi_iscsi.host.healer import Healer
+        from csi_iscsi.ops.doctor_loop import DoctorLoop
+
+        [healer] = [loop for loop in services.background if isinstance(loop, Healer)]
+        assert [type(loop) for loop in services.background] == [Healer, DoctorLoop]
         assert healer._locks is services.node._locks  # type: ignore[union-attr]
         assert healer._locks._dir == tmp_path / "node" / "locks"  # shared with csi-iscsi doctor
         off = cli.build_services(cli._parser().parse_args(
-            ["node", "--state-dir", str(tmp_path / "b"), "--node-name", "n1", "--heal-interval", "0"]))
+            ["node", "--state-dir", str(tmp_path / "b"), "--node-name", "n1", "--heal-interval", "0",
+             "--doctor-interval", "0"]))
         assert off.background == []
         for lock in off.owned:
             lock.release()

@@ -1,0 +1,109 @@
+"""The operator's metrics on the real kernel, scraped over HTTP and checked by value: LIO's iSCSI
+session counters per volume against the bytes written and read through the mount, and
+csi_iscsi_doctor_findings on both sides following orphans planted and removed."""
+
+from __future__ import annotations
+
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from csi_iscsi import contract
+from csi_iscsi.contract import NodeId
+
+from .conftest import leftovers, scrub_iscsi_and_lio
+from .plugins import PORTALS, MiB, controller_args, running
+from .test_node import NODE_ARGS, NODE_METRICS_PORT, Cluster, wait_for
+
+CONTROLLER_METRICS_PORT = 19092
+STATE = Path("/var/lib/csi-iscsi-ops-metrics-test")
+ROOT = Path("/var/tmp/csi-ops-metrics-test")
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def findings(port: int, side: str) -> dict[str, float]:
+    return {dict(labels)["kind"]: value for (name, labels), value in scrape(port).items()
+            if name == "csi_iscsi_doctor_findings" and dict(labels)["side"] == side}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, initiator_iqn: str) -> Iterator[Cluster]:
+    pool = ROOT / "pool"
+    pool.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        try:
+            controller = stack.enter_context(running(
+                [*controller_args(STATE, [f"name=default,type=fileio,path={pool}"], tmp_path / "save.json"),
+                 "--metrics-address", f"127.0.0.1:{CONTROLLER_METRICS_PORT}", "--doctor-interval", "2"],
+                tmp_path / "c.sock", tmp_path / "controller.log"))
+            node = stack.enter_context(running(
+                [*NODE_ARGS, "--state-dir", str(STATE), "--metrics-address", f"127.0.0.1:{NODE_METRICS_PORT}",
+                 "--doctor-interval", "2"], tmp_path / "n.sock", tmp_path / "node.log"))
+            yield Cluster(controller, node, str(NodeId("testbed", initiator_iqn)), ROOT, tmp_path / "n.sock",
+                          tmp_path / "node.log", STATE)
+        finally:
+            stack.close()
+            scrub_iscsi_and_lio(pool_dirs=(pool,))
+            subprocess.run(["rm", "-rf", str(ROOT), str(STATE)], check=False)
+
+
+def test_session_counters_follow_the_bytes_and_doctor_findings_follow_orphans(cluster: Cluster) -> None:
+    from rtslib_fb import TPG, FabricModule, Target
+
+    volume = cluster.create("pvc-ops-metrics", 64 * MiB)
+    vid = volume.volume_id
+    _, target = cluster.attach(volume)
+
+    def counter(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted({"volume_id": vid, **labels}.items())))
+        return scrape(CONTROLLER_METRICS_PORT)[key]
+
+    before_rx = counter("csi_iscsi_target_iscsi_data_bytes_total", direction="received")
+    before_cmds = counter("csi_iscsi_target_iscsi_command_pdus_total")
+    subprocess.run(["dd", "if=/dev/urandom", f"of={target}/data", "bs=1M", "count=8", "oflag=direct",
+                    "conv=fsync"], check=True, capture_output=True)
+    written = counter("csi_iscsi_target_iscsi_data_bytes_total", direction="received") - before_rx
+    before_tx = counter("csi_iscsi_target_iscsi_data_bytes_total", direction="sent")
+    subprocess.run(["dd", f"if={target}/data", "of=/dev/null", "bs=1M", "iflag=direct"], check=True,
+                   capture_output=True)
+    read = counter("csi_iscsi_target_iscsi_data_bytes_total", direction="sent") - before_tx
+    commands = counter("csi_iscsi_target_iscsi_command_pdus_total") - before_cmds
+    print(f"LIO counters: {written / MiB:.2f} MiB received for 8 MiB written, {read / MiB:.2f} MiB sent for 8 MiB "
+          f"read, {commands:.0f} command PDUs")
+    assert 8 * MiB <= written <= 10 * MiB  # the file's data, plus the filesystem's journal and metadata
+    assert 8 * MiB <= read <= 9 * MiB
+    assert commands >= 16  # at least one command per MiB each way (the LUN's max transfer is 1 MiB or less)
+    assert counter("csi_iscsi_target_iscsi_connection_errors_total", kind="digest") == 0
+    assert counter("csi_iscsi_target_iscsi_connection_errors_total", kind="timeout") == 0
+
+    wait_for(lambda: set(findings(CONTROLLER_METRICS_PORT, "target").values()) == {0}
+             and set(findings(NODE_METRICS_PORT, "node").values()) == {0}, 30)
+    # An orphan on each side: a driver-form target no record names, a node record no state names.
+    orphan = contract.volume_id_for_name("pvc-ops-metrics-orphan")
+    orphan_iqn = contract.target_iqn(orphan)
+    TPG(Target(FabricModule("iscsi"), orphan_iqn, mode="create"), 1, mode="create")
+    subprocess.run(["iscsiadm", "-m", "node", "-o", "new", "-T", orphan_iqn, "-p", PORTALS[0]], check=True,
+                   capture_output=True)
+    seconds = wait_for(lambda: findings(CONTROLLER_METRICS_PORT, "target")["lio-target"] == 1
+                       and findings(NODE_METRICS_PORT, "node")["record"] == 1, 60)
+    print(f"doctor findings seen by both plugins {seconds:.1f} s after the orphans were made")
+    assert sum(findings(CONTROLLER_METRICS_PORT, "target").values()) == 1
+    assert sum(findings(NODE_METRICS_PORT, "node").values()) == 1
+    Target(FabricModule("iscsi"), orphan_iqn, mode="lookup").delete()
+    subprocess.run(["iscsiadm", "-m", "node", "-T", orphan_iqn, "-o", "delete"], check=True, capture_output=True)
+    wait_for(lambda: set(findings(CONTROLLER_METRICS_PORT, "target").values()) == {0}
+             and set(findings(NODE_METRICS_PORT, "node").values()) == {0}, 60)
+
+    cluster.detach(volume)
+    cluster.delete(volume)
+    assert leftovers(vid) == []
