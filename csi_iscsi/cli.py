@@ -46,7 +46,7 @@ from csi_iscsi.lio.pool_metrics import PoolCollector
 from csi_iscsi.lio.pools import Pool, parse_pool_spec
 from csi_iscsi.lio.saveconfig import DEBIAN_SAVE_FILE, SavedConfig
 from csi_iscsi.lio.service import LioTargetService
-from csi_iscsi.lio.session_metrics import TargetSessionCollector
+from csi_iscsi.lio.target_metrics import TargetCounterCollector
 from csi_iscsi.ops import doctor, status
 from csi_iscsi.ops.doctor_loop import NODE_KINDS, TARGET_KINDS, DoctorLoop
 from csi_iscsi.ops.findings import Finding
@@ -221,7 +221,7 @@ def build_services(args: argparse.Namespace) -> Services:
             background.append(DoctorLoop("target", TARGET_KINDS, target_doctor.find, args.doctor_interval))
         if args.metrics_address:
             REGISTRY.register(PoolCollector(target))
-            REGISTRY.register(TargetSessionCollector(target.session_counters))
+            REGISTRY.register(TargetCounterCollector(target.target_counters))
         checks.append(target.ready)
         controller = ControllerServicer(target, tuple(args.serve_zone) or (DEFAULT_ZONE,))
     if args.mode in ("node", "all"):

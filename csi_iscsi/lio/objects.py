@@ -24,9 +24,15 @@ TPG_TAG = 1
 LUN_INDEX = 0
 HBA_INDEXES = 1 << 20  # LIO accepts HBA indexes below 2^20
 CONFIGFS = Path("/sys/kernel/config/target")
-# LIO's per-session iSCSI counters (fabric_statistics/iscsi_sess_stats of an ACL).
-SESSION_COUNTERS = ("cmd_pdus", "rsp_pdus", "txdata_octs", "rxdata_octs", "conn_digest_errors",
-                    "conn_timeout_errors")
+# LIO's counters of a target, by statistics group: its LUN's target port (every session's I/O; an
+# ACL's iscsi_sess_stats showed exactly half of a two-path volume's in the testbed: an ACL points
+# at one session of its initiator), and the target's iSCSI logins, logouts and session errors.
+TARGET_COUNTERS = {
+    "scsi_tgt_port": ("in_cmds", "read_mbytes", "write_mbytes"),
+    "iscsi_login_stats": ("accepts", "other_fails", "authorize_fails", "authenticate_fails", "negotiate_fails"),
+    "iscsi_logout_stats": ("normal_logouts", "abnormal_logouts"),
+    "iscsi_sess_err": ("digest_errors", "cxn_errors", "format_errors"),
+}
 
 
 def _rtslib() -> Any:
@@ -173,21 +179,20 @@ class LioView:
             found += [line.strip() for line in dynamic.replace("\0", "\n").splitlines() if line.strip()]
         return sorted(set(found))
 
-    def session_stats(self, iqn: str) -> list[dict[str, int]]:
-        """The iSCSI session counters of each ACL with a session (LIO's iscsi_sess_stats: PDUs,
-        data octets, connection errors). Counters of a session start again at its next login."""
-        stats = []
-        for tpg in sorted((self._iscsi / iqn).glob("tpgt_*")):
-            for acl in self._acl_dirs(tpg).values():
-                group = acl / "fabric_statistics" / "iscsi_sess_stats"
-                values = {}
-                for name in SESSION_COUNTERS:
-                    text = self._read(group / name)
-                    if text and text.isdigit():
-                        values[name] = int(text)
-                if values:
-                    stats.append(values)
-        return stats
+    def target_stats(self, iqn: str) -> dict[str, int]:
+        """LIO's counters of one volume's target, "group/name" -> value: LUN 0's commands and
+        MiB read and written (its target port's, over every session and path), and the target's
+        iSCSI login, logout and session-error counts. Kept from the target's creation; nothing is
+        read where a counter is absent."""
+        groups = [(self._tpg_dir(iqn) / "lun" / f"lun_{LUN_INDEX}" / "statistics", "scsi_tgt_port")]
+        groups += [(self._iscsi / iqn / "fabric_statistics", g) for g in TARGET_COUNTERS if g != "scsi_tgt_port"]
+        found = {}
+        for base, group in groups:
+            for name in TARGET_COUNTERS[group]:
+                text = self._read(base / group / name)
+                if text and text.isdigit():
+                    found[f"{group}/{name}"] = int(text)
+        return found
 
 
 class Lio(LioView):

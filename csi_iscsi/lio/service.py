@@ -649,19 +649,11 @@ class LioTargetService:
                                               grants)
         return faults
 
-    def session_counters(self) -> dict[str, dict[str, int]]:
-        """volume id -> LIO's iSCSI session counters summed over its target's sessions, for every
-        ready volume. Plain configfs reads, no lock: a scrape never waits on a call."""
-        found: dict[str, dict[str, int]] = {}
-        for record in self._records.all():
-            if record.state != READY:
-                continue
-            total: dict[str, int] = {}
-            for stats in self._lio.session_stats(self.target_iqn(record.volume_id)):
-                for name, value in stats.items():
-                    total[name] = total.get(name, 0) + value
-            found[record.volume_id] = total
-        return found
+    def target_counters(self) -> dict[str, dict[str, int]]:
+        """volume id -> LIO's counters of its target (csi_iscsi.lio.objects.TARGET_COUNTERS), for
+        every ready volume. Plain configfs reads, no lock: a scrape never waits on a call."""
+        return {r.volume_id: self._lio.target_stats(self.target_iqn(r.volume_id))
+                for r in self._records.all() if r.state == READY}
 
     def pool_figures(self, name: str) -> tuple[PoolUsage, int, int]:
         """A pool's usage, the bytes its volumes and snapshots were promised, and what GetCapacity

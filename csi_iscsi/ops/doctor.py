@@ -31,7 +31,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="clear what is provably orphaned, in the safe detach order (default: only report); on the "
                         "target node only while the controller is stopped")
     p.add_argument("--side", choices=["auto", "node", "target"], default="auto",
-                   help="auto: the node side where <state-dir>/node exists, the target side where "
+                   help="auto: the node side where <state-dir>/node exists, else the target side where "
                         "<state-dir>/controller exists")
     p.add_argument("--delete-data", action="store_true",
                    help="with --fix on the target node: also delete pool files or LVs no record names")
@@ -61,24 +61,22 @@ def render(findings: list[Finding], fixing: bool, out: TextIO,
 def run(args: argparse.Namespace, make_volumes: Callable[[NodeIdentity, SubprocessRunner], NodeVolumes],
         identity: Callable[[], NodeIdentity], out: TextIO = sys.stdout) -> int:
     node_dir, controller_dir = args.state_dir / "node", args.state_dir / "controller"
-    want_node = args.side == "node" or (args.side == "auto" and node_dir.is_dir())
-    want_target = args.side == "target" or (args.side == "auto" and controller_dir.is_dir())
-    if not (want_node or want_target):
+    side = args.side
+    if side == "auto":
+        side = "node" if node_dir.is_dir() else "target" if controller_dir.is_dir() else ""
+    if not side:
         print(f"doctor: neither {node_dir} nor {controller_dir} is on this host; pass the plugin's --state-dir",
               file=sys.stderr)
         return 2
-    if want_node and want_target and args.json:
-        print("doctor: this host holds both plugins' state; with --json pass --side node or --side target",
-              file=sys.stderr)
-        return 2
-    codes = []
-    if want_target:
+    if side == "target":
         from csi_iscsi.ops.target_doctor_cli import run_target
 
-        codes.append(run_target(args, out))
-    if want_node:
-        codes.append(run_node(args, make_volumes, identity, out))
-    return max(codes)
+        return run_target(args, out)
+    code = run_node(args, make_volumes, identity, out)
+    if args.side == "auto" and controller_dir.is_dir() and not args.json:
+        print(f"note: {controller_dir} is here too: `csi-iscsi doctor --side target` looks at the target side",
+              file=out)
+    return code
 
 
 def run_node(args: argparse.Namespace, make_volumes: Callable[[NodeIdentity, SubprocessRunner], NodeVolumes],

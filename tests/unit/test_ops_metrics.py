@@ -1,6 +1,5 @@
 """The operator's metrics without a kernel: doctor's findings counted by kind (and -1 when a look
-fails), LIO's session counters read from a configfs tree shaped like the kernel's and summed per
-volume over its ACLs, a session-less ACL counting nothing."""
+fails), LIO's target counters read from a configfs tree shaped like the kernel's."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Gauge
 
 from csi_iscsi.lio.objects import LioView
-from csi_iscsi.lio.session_metrics import TargetSessionCollector
+from csi_iscsi.lio.target_metrics import TargetCounterCollector
 from csi_iscsi.ops.doctor_loop import NODE_KINDS, DoctorLoop
 from csi_iscsi.ops.findings import Finding
 
@@ -44,29 +43,34 @@ def test_doctor_findings_are_counted_by_kind_and_a_failed_look_is_minus_one() ->
     assert registry.get_sample_value("findings", {"side": "node", "kind": "session"}) == 0
 
 
-def test_session_counters_are_summed_per_volume_over_acls_with_a_session(tmp_path: Path) -> None:
-    tpg = tmp_path / "iscsi" / IQN / "tpgt_1"
-    for initiator, values in (("iqn.1993-08.org.debian:01:a", {"cmd_pdus": "10", "rxdata_octs": "4096"}),
-                              ("iqn.1993-08.org.debian:01:b", {"cmd_pdus": "5", "txdata_octs": "512"}),
-                              ("iqn.1993-08.org.debian:01:c", {"cmd_pdus": ""})):  # no session: empty files
-        stats = tpg / "acls" / initiator / "fabric_statistics" / "iscsi_sess_stats"
-        stats.mkdir(parents=True)
-        for name, value in values.items():
-            (stats / name).write_text(value + "\n")
-    view = LioView(tmp_path)
-    assert sorted(view.session_stats(IQN), key=str) == sorted(
-        [{"cmd_pdus": 10, "rxdata_octs": 4096}, {"cmd_pdus": 5, "txdata_octs": 512}], key=str)
-    assert view.session_stats("iqn.2026-11.io.csi-iscsi:none") == []
+def test_target_counters_are_read_per_volume_and_a_missing_target_has_no_series(tmp_path: Path) -> None:
+    port = tmp_path / "iscsi" / IQN / "tpgt_1" / "lun" / "lun_0" / "statistics" / "scsi_tgt_port"
+    port.mkdir(parents=True)
+    for name, value in (("in_cmds", "160"), ("read_mbytes", "8"), ("write_mbytes", "9"), ("hs_in_cmds", "1")):
+        (port / name).write_text(value + "\n")
+    login = tmp_path / "iscsi" / IQN / "fabric_statistics" / "iscsi_login_stats"
+    login.mkdir(parents=True)
+    (login / "accepts").write_text("2\n")
+    (login / "authenticate_fails").write_text("1\n")
+    (login / "negotiate_fails").write_text("\n")  # an odd value is not a number: not read
+    stats = LioView(tmp_path).target_stats(IQN)
+    assert stats == {"scsi_tgt_port/in_cmds": 160, "scsi_tgt_port/read_mbytes": 8, "scsi_tgt_port/write_mbytes": 9,
+                     "iscsi_login_stats/accepts": 2, "iscsi_login_stats/authenticate_fails": 1}
+    assert LioView(tmp_path).target_stats("iqn.2026-11.io.csi-iscsi:none") == {}
     registry = CollectorRegistry()
-    registry.register(TargetSessionCollector(lambda: {"csi-v": {"cmd_pdus": 15, "rxdata_octs": 4096,
-                                                                "txdata_octs": 512}}))
-    assert registry.get_sample_value("csi_iscsi_target_iscsi_command_pdus_total", {"volume_id": "csi-v"}) == 15
-    assert registry.get_sample_value("csi_iscsi_target_iscsi_data_bytes_total",
-                                     {"volume_id": "csi-v", "direction": "received"}) == 4096
-    assert registry.get_sample_value("csi_iscsi_target_iscsi_data_bytes_total",
-                                     {"volume_id": "csi-v", "direction": "sent"}) == 512
-    assert registry.get_sample_value("csi_iscsi_target_iscsi_connection_errors_total",
+    registry.register(TargetCounterCollector(lambda: {"csi-v": stats, "csi-gone": {}}))
+    assert registry.get_sample_value("csi_iscsi_target_commands_total", {"volume_id": "csi-v"}) == 160
+    assert registry.get_sample_value("csi_iscsi_target_data_bytes_total",
+                                     {"volume_id": "csi-v", "direction": "read"}) == 8 << 20
+    assert registry.get_sample_value("csi_iscsi_target_data_bytes_total",
+                                     {"volume_id": "csi-v", "direction": "write"}) == 9 << 20
+    assert registry.get_sample_value("csi_iscsi_target_iscsi_logins_total",
+                                     {"volume_id": "csi-v", "result": "authentication_failed"}) == 1
+    assert registry.get_sample_value("csi_iscsi_target_iscsi_logins_total",
+                                     {"volume_id": "csi-v", "result": "negotiation_failed"}) == 0
+    assert registry.get_sample_value("csi_iscsi_target_iscsi_session_errors_total",
                                      {"volume_id": "csi-v", "kind": "digest"}) == 0
+    assert registry.get_sample_value("csi_iscsi_target_commands_total", {"volume_id": "csi-gone"}) is None
 
 
 def test_an_acl_with_a_session_is_told_from_one_without(tmp_path: Path) -> None:
