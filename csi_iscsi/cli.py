@@ -205,6 +205,9 @@ def build_services(args: argparse.Namespace) -> Services:
                 raise CsiIscsiError(f"pool {pool.name} is configured twice")
             pools[pool.name] = pool
         owned.append(_own(args.state_dir / "controller", "controller"))
+        # The saved config's writer, whichever state directory it serves: csi-iscsi doctor --fix on
+        # the target node needs this lock too, so no copy of a state directory lets it run beside us.
+        owned.append(_own(args.saveconfig.parent, "controller", args.saveconfig.name + ".lock"))
         try:
             record_controller(args.state_dir / "controller", specs, args.target_iqn_prefix, args.saveconfig)
         except OSError as exc:  # best effort, as the node's identity: doctor can be given the flags
@@ -278,9 +281,9 @@ def record_identity(node_dir: Path, initiator_iqn: str) -> None:
         log.warning("recording the initiator name for csi-iscsi doctor in %s: %s", node_dir, exc)
 
 
-def _own(directory: Path, who: str) -> StateDirLock:
+def _own(directory: Path, who: str, name: str = ".lock") -> StateDirLock:
     """Before any state is read: one process per plugin and state directory (a replacement pod waits)."""
-    lock = StateDirLock(directory, who)
+    lock = StateDirLock(directory, who, name)
     lock.acquire()
     return lock
 

@@ -6,8 +6,6 @@ carries that can reach a path, a configfs name or a command line is checked here
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -83,6 +81,8 @@ POOL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 
 def volume_id_for_name(name: str) -> str:
     """The volume id is a pure function of the CreateVolume name, so a retry lands on the same id."""
+    import hashlib  # here: loading OpenSSL costs `csi-iscsi status` a tenth of a second under emulation
+
     return "csi-" + hashlib.sha256(name.encode()).hexdigest()[:32]
 
 
@@ -93,6 +93,8 @@ def is_volume_id(value: str) -> bool:
 def snapshot_id_for_name(name: str) -> str:
     """Like volume ids: a retried CreateSnapshot lands on the same id. The prefix keeps snapshot
     and volume ids (and so their LVs and pool files) apart."""
+    import hashlib
+
     return "snap-" + hashlib.sha256(name.encode()).hexdigest()[:32]
 
 
@@ -132,10 +134,17 @@ def is_target_iqn_prefix(prefix: str) -> bool:
     return prefix.startswith("iqn.") and ":" not in prefix and is_iqn(target_iqn("csi-" + "0" * 32, prefix))
 
 
+_IPV4_PORTAL_RE = re.compile(r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}:\d{1,5}")
+
+
 def canonical_portal(portal: str) -> str:
     """One spelling of ip:port, to compare a portal as given with one as sysfs writes it ("fd00::2",
     not "fd00:0::2")."""
     host, _, port = portal.rpartition(":")
+    if _IPV4_PORTAL_RE.fullmatch(portal):
+        return portal  # already canonical (ipaddress, imported only for the rest, rejects leading zeros)
+    import ipaddress
+
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:

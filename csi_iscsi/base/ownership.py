@@ -23,14 +23,17 @@ LOCK_NAME = ".lock"
 
 
 class StateDirLock:
-    def __init__(self, directory: Path, who: str) -> None:
+    def __init__(self, directory: Path, who: str, name: str = LOCK_NAME) -> None:
+        """name: the lock file's, in directory (the saved LIO config's writer takes
+        <saveconfig>.lock beside it)."""
         self.directory = directory
         self.who = who
+        self.name = name
         self._fd: int | None = None
 
     @property
     def path(self) -> Path:
-        return self.directory / LOCK_NAME
+        return self.directory / self.name
 
     def _holder(self) -> str:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,28 +31,39 @@ class IscsiSession:
         return self.state == "LOGGED_IN"
 
 
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
 class Scsi:
     def __init__(self, sysfs: Path = Path("/sys")) -> None:
         self._sys = sysfs
 
     def iscsi_sessions(self) -> list[IscsiSession]:
-        """The kernel's iSCSI sessions, read from sysfs (what `iscsiadm -m session` reads, minus a process)."""
+        """The kernel's iSCSI sessions, read from sysfs (what `iscsiadm -m session` reads, minus a
+        process). Plain os calls: this runs per status and per self-heal pass, for every session."""
         found = []
-        for session in sorted((self._sys / "class/iscsi_session").glob("session*")):
-            sid = int(session.name.removeprefix("session"))
+        sessions_dir, conns_dir = f"{self._sys}/class/iscsi_session", f"{self._sys}/class/iscsi_connection"
+        try:
+            names = sorted(e.name for e in os.scandir(sessions_dir) if e.name.startswith("session"))
+        except FileNotFoundError:
+            return []
+        for name in names:
+            sid = int(name.removeprefix("session"))
+            session, conn = f"{sessions_dir}/{name}", f"{conns_dir}/connection{sid}:0"
             try:
-                iqn = (session / "targetname").read_text().strip()
-                conn = self._sys / "class/iscsi_connection" / f"connection{sid}:0"
-                address = (conn / "persistent_address").read_text().strip()
-                port = (conn / "persistent_port").read_text().strip()
+                iqn = _read(f"{session}/targetname")
+                address = _read(f"{conn}/persistent_address")
+                port = _read(f"{conn}/persistent_port")
             except OSError:
                 continue  # a session going away while we look
             try:
-                state = (session / "state").read_text().strip()
+                state = _read(f"{session}/state")
             except OSError:
                 state = "unknown"
             try:
-                initiator = (session / "initiatorname").read_text().strip().lower()
+                initiator = _read(f"{session}/initiatorname").lower()
             except OSError:
                 initiator = ""
             host = f"[{address}]" if ":" in address else address

@@ -166,17 +166,29 @@ class LioView:
                 found.setdefault(f"{so.parent.name}/{so.name}", []).append(f"{lun.parents[2].name} {lun.name}")
         return found
 
-    def sessions(self, iqn: str) -> list[str]:
-        """Initiators with a session logged in to the target now (each ACL's info says; an
-        initiator let in without an ACL shows in dynamic_sessions)."""
+    def sessions(self, iqn: str) -> list[str] | None:
+        """Initiators with a session logged in to the target now (each ACL's info says; one let in
+        without an ACL shows in dynamic_sessions). None when that cannot be told (a read failed):
+        never taken for "no session"."""
         found = []
-        for tpg in sorted((self._iscsi / iqn).glob("tpgt_*")):
-            for initiator, acl in sorted(self._acl_dirs(tpg).items()):
-                info = self._read(acl / "info")
-                if info is not None and not info.startswith("No active"):
-                    found.append(initiator)
-            dynamic = self._read(tpg / "dynamic_sessions") or ""
-            found += [line.strip() for line in dynamic.replace("\0", "\n").splitlines() if line.strip()]
+        try:
+            tpgs = [Path(e.path) for e in os.scandir(self._iscsi / iqn) if e.name.startswith("tpgt_")]
+            for tpg in tpgs:
+                for entry in os.scandir(tpg / "acls"):
+                    if not entry.is_dir():
+                        continue
+                    info = (Path(entry.path) / "info").read_text()
+                    if not info.startswith("No active"):
+                        found.append(entry.name.lower())
+                try:
+                    dynamic = (tpg / "dynamic_sessions").read_text()
+                except FileNotFoundError:  # a kernel without it: only a demo-mode TPG lets one in without an ACL
+                    if (tpg / "attrib" / "generate_node_acls").read_text().strip() != "0":
+                        return None
+                    dynamic = ""
+                found += [line.strip() for line in dynamic.replace("\0", "\n").splitlines() if line.strip()]
+        except OSError:
+            return None
         return sorted(set(found))
 
     def target_stats(self, iqn: str) -> dict[str, int]:
@@ -272,6 +284,15 @@ class Lio(LioView):
             self._rts.BlockStorageObject(name, dev=device, wwn=serial, index=self._free_index("iblock", name))
         elif so.wwn != serial:
             raise FailedPrecondition(f"LIO storage object {name} exists with another unit serial")
+
+    def delete_storage_object_at(self, hba: str, name: str) -> None:
+        """Delete exactly core/<hba>/<name> (csi-iscsi doctor: the object it checked, not one of
+        the same name elsewhere)."""
+        kind, index = hba.rsplit("_", 1)
+        cls_name = dict(self._DIRS).get(kind)
+        if cls_name is None:
+            raise FailedPrecondition(f"LIO storage object {hba}/{name} is not fileio or iblock")
+        getattr(self._rts, cls_name)(name, index=int(index)).delete()
 
     def delete_storage_object(self, name: str, iqn: str | None = None) -> None:
         so = self._locate(name, iqn, thorough=True)

@@ -35,6 +35,10 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                         "<state-dir>/controller exists")
     p.add_argument("--delete-data", action="store_true",
                    help="with --fix on the target node: also delete pool files or LVs no record names")
+    p.add_argument("--configfs", type=Path, default=Path("/sys/kernel/config/target"), help=argparse.SUPPRESS)
+    p.add_argument("--force-many", action="store_true",
+                   help="with --fix on the target node: clear even when most of the driver's LIO targets have no "
+                        "record (what a wrong --state-dir looks like)")
     p.add_argument("--json", action="store_true", help="JSON for tools instead of text")
     p.add_argument("--state-dir", type=Path, default=Path("/var/lib/csi-iscsi"))
     p.add_argument("--host-pid", type=int, default=None,

@@ -39,17 +39,23 @@ class DoctorLoop:
         self._stop.set()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.tick()
+        # A first look at start, so the gauge tells something before the first interval ends. A
+        # failed look waits longer each time (up to 8 intervals): a hung command must not pile up.
+        failures = 0
+        while True:
+            failures = 0 if self.tick() is not None else min(failures + 1, 3)
+            if self._stop.wait(self._interval * (1 << failures)):
+                return
 
-    def tick(self) -> dict[str, int]:
+    def tick(self) -> dict[str, int] | None:
+        """One look; the counts by kind, None when it failed."""
         try:
             findings = self._find()
         except Exception as exc:  # a failed look is a value too: an alert can see it
             log.warning("the %s side's doctor dry run failed (%s: %s)", self._side, type(exc).__name__, exc)
             for kind in self._kinds:
                 self._gauge.labels(self._side, kind).set(-1)
-            return {}
+            return None
         counts = dict.fromkeys(self._kinds, 0)
         for f in findings:
             counts[f.kind] = counts.get(f.kind, 0) + 1

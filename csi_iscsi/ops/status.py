@@ -74,7 +74,9 @@ def main(argv: list[str]) -> int:
     seconds under emulation): the entry point sends it here before importing the CLI."""
     import logging
 
-    parser = argparse.ArgumentParser(prog="csi-iscsi status", description=__doc__)
+    # A fixed width: argparse would otherwise import shutil to ask the terminal, once per argument.
+    parser = argparse.ArgumentParser(prog="csi-iscsi status", description=__doc__,
+                                     formatter_class=lambda prog: argparse.HelpFormatter(prog, width=100))
     _arguments(parser)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     return run(parser.parse_args(argv))

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import partial
@@ -42,8 +44,18 @@ class LioWriter(Protocol):
     """What --fix does to live LIO (csi_iscsi.lio.objects.Lio)."""
 
     def delete_target(self, iqn: str) -> None: ...
-    def delete_storage_object(self, name: str, iqn: str | None = None) -> None: ...
+    def delete_storage_object_at(self, hba: str, name: str) -> None: ...
     def dump(self, storage_object: str, iqn: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]: ...
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a file, (0, device number) of a block device; None when it cannot be
+    stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (0, st.st_rdev) if stat.S_ISBLK(st.st_mode) else (st.st_dev, st.st_ino)
 
 
 class TargetDoctor:
@@ -80,10 +92,14 @@ class TargetDoctor:
             if not vid or vid in volumes:
                 continue
             sessions = self._view.sessions(iqn)
-            findings.append(Finding(TARGET, f"target {iqn}", vid,
-                                    "no volume record names it (made by hand, or restored at boot from a saved entry "
-                                    "a crash left)" + (f"; logged in now: {', '.join(sessions)}" if sessions else ""),
-                                    "delete the target (its portals, LUN and ACLs), unless an initiator is logged in"))
+            acls = [a[0] for a in self._view.acls(iqn)]
+            why = "no volume record names it (made by hand, or restored at boot from a saved entry a crash left)"
+            why += f"; ACLs for {', '.join(acls)}" if acls else ""
+            why += "; whether an initiator is logged in cannot be told" if sessions is None else \
+                (f"; logged in now: {', '.join(sessions)}" if sessions else "")
+            findings.append(Finding(TARGET, f"target {iqn}", vid, why,
+                                    "delete the target (its portals and LUN), unless it has ACLs or an initiator is "
+                                    "logged in"))
         for name, (hba, backing) in sorted(objects.items()):
             if not contract.is_volume_id(name) or name in volumes:
                 continue
@@ -106,25 +122,40 @@ class TargetDoctor:
                 findings.append(Finding(SAVED, f"saved target {wwn} in {self._saveconfig}", vid,
                                         "no volume record names it: a boot would make it again in LIO",
                                         "drop the entry (with any CHAP secret it holds) from the saved config"))
-        served = {backing for _, backing in objects.values() if backing}
+        served, unknown = self._served(objects)
         for pool in self._pools.values():
             for item, where in pool.items().items():
                 if item in volumes or item in snapshots:
                     continue
                 why = "no volume or snapshot record names it"
-                if where in served:
+                if _identity(where) in served:
                     why += "; LIO serves it (see its storage object)"
+                elif unknown:
+                    why += f"; whether LIO serves it cannot be told ({', '.join(unknown[:3])} back onto what?)"
                 findings.append(Finding(DATA, f"{where} in pool {pool.name}", item, why,
                                         "delete it, only with --delete-data (the data is lost)"))
         saved_sos = {str(so.get("name", "")) for so in saved.get("storage_objects", [])}
         saved_targets = {str(t.get("wwn", "")) for t in saved.get("targets", [])}
         for record in records.all():
             findings += self._record_findings(record.volume_id, record.state, objects, set(live), saved_sos,
-                                              saved_targets, bool(saved))
+                                              saved_targets)
         return findings
 
+    @staticmethod
+    def _served(objects: Mapping[str, tuple[str, str]]) -> tuple[set[tuple[int, int]], list[str]]:
+        """The files and block devices LIO's storage objects serve, by identity (a path may be
+        spelled through a symlink), and the objects whose backing cannot be told."""
+        served, unknown = set(), []
+        for name, (hba, backing) in objects.items():
+            ident = _identity(backing) if backing else None
+            if ident is None:
+                unknown.append(f"{hba}/{name}")
+            else:
+                served.add(ident)
+        return served, unknown
+
     def _record_findings(self, vid: str, state: str, objects: Mapping[str, tuple[str, str]], live: set[str],
-                         saved_sos: set[str], saved_targets: set[str], have_saved: bool) -> list[Finding]:
+                         saved_sos: set[str], saved_targets: set[str]) -> list[Finding]:
         iqn = contract.target_iqn(vid, self._prefix)
         path = str(self._dir / "volumes" / f"{vid}.json")
         if state != READY:
@@ -136,7 +167,7 @@ class TargetDoctor:
             return [Finding(RECORD, path, vid, f"ready, and LIO lacks its {' and '.join(missing)}: the controller "
                             "restores them from the saved config and the record at its next start (its data "
                             "permitting)", "")]
-        if have_saved and (vid not in saved_sos or iqn not in saved_targets):
+        if vid not in saved_sos or iqn not in saved_targets:
             return [Finding(RECORD, path, vid, "exported in LIO but missing from the saved config: a reboot would "
                             "leave it to the controller, which cannot restore CHAP ACLs", "save its live LIO objects "
                             "to the saved config")]
@@ -171,10 +202,11 @@ class TargetDoctor:
                 done[index] = replace(f, result="left: its live LIO objects stay, and so does their saved entry")
                 continue
             elif f.kind == SAVED:
-                if f.subject.startswith("saved target"):
-                    targets[contract.target_iqn(f.volume_id, self._prefix)] = None
+                # The entry's own name, as found (a target need not be <prefix>:<id> exactly).
+                if f.subject.startswith("saved target "):
+                    targets[f.subject.split(" ")[2]] = None
                 else:
-                    sos[f.volume_id] = None
+                    sos[f.subject.split(" ")[3]] = None
                 saved_at.append(index)
                 done[index] = f
             elif f.kind == DATA:
@@ -200,7 +232,15 @@ class TargetDoctor:
         iqn = f.subject.removeprefix("target ")
         if iqn not in self._view.target_dirs(iqn):
             return "cleared (gone meanwhile)"
+        acls = [a[0] for a in self._view.acls(iqn)]
+        if acls:
+            # What a crash of the controller leaves has none (a volume is unpublished before it is
+            # deleted); ACLs mean someone let initiators in: a person decides.
+            return (f"left: it has ACLs for {', '.join(acls)}; if no one uses it, delete it by hand "
+                    f"(targetcli /iscsi delete {iqn}) and run doctor again")
         sessions = self._view.sessions(iqn)
+        if sessions is None:
+            return "left: whether an initiator is logged in cannot be told (configfs could not be read)"
         if sessions:
             return (f"left: logged in by {', '.join(sessions)}; run csi-iscsi doctor --fix on that node (or log it "
                     "out) first")
@@ -212,10 +252,13 @@ class TargetDoctor:
         objects = self._view.storage_objects()
         if name not in objects:
             return "cleared (gone meanwhile)"
-        users = self._view.exports().get(f"{objects[name][0]}/{name}", [])
+        hba = f.subject.split(" ")[2].split("/")[0]
+        if objects[name][0] != hba:
+            return f"left: the storage object {name} is now at {objects[name][0]}, not {hba}"
+        users = self._view.exports().get(f"{hba}/{name}", [])
         if users:
             return f"left: exported by {', '.join(users)}"
-        lio.delete_storage_object(name)
+        lio.delete_storage_object_at(hba, name)
         return "cleared"
 
     def _resave(self, f: Finding, lio: LioWriter, sos: dict[str, dict[str, Any] | None],
@@ -239,8 +282,12 @@ class TargetDoctor:
         where = pool.items().get(f.volume_id)
         if where is None:
             return "cleared (gone meanwhile)"
-        if where in {backing for _, backing in self._view.storage_objects().values()}:
+        served, unknown = self._served(self._view.storage_objects())
+        if _identity(where) in served:
             return "left: LIO serves it; clear its storage object first"
+        if unknown:
+            return (f"left: what LIO's storage objects {', '.join(unknown[:3])} serve cannot be told, so neither can "
+                    "whether this is one")
         if contract.is_snapshot_id(f.volume_id):
             pool.release_snapshot(f.volume_id)
         else:

@@ -2,7 +2,7 @@
 entries and pool files no record names, and a record with nothing in LIO, planted beside a live
 volume under fio verify. A dry run beside the running controller reports exactly them; --fix
 refuses while the controller runs; with it stopped, --fix clears them in order, leaves a target an
-initiator is logged in to and pool data without --delete-data, and the live volume never notices."""
+initiator has ACLs on and pool data without --delete-data, and the live volume never notices."""
 
 from __future__ import annotations
 
@@ -126,7 +126,8 @@ def test_target_doctor_finds_and_clears_each_orphan_and_leaves_a_live_volume_alo
     got = results(partly)
     assert got["lio-target", gone] == got["lio-object", gone] == got["lio-object", lone] == ["cleared"], partly
     assert got["saved", gone] == ["cleared", "cleared"], partly
-    assert got["lio-target", busy][0].startswith("left: logged in by " + initiator_iqn.lower()), partly
+    # What a crash leaves has no ACL; one with ACLs (and here a session) is a person's to delete.
+    assert got["lio-target", busy][0].startswith("left: it has ACLs for " + initiator_iqn.lower()), partly
     assert got["lio-object", busy][0].startswith("left: exported by " + busy_iqn), partly
     assert {r.split(";")[0] for r in got["saved", busy]} == {"left: its live LIO objects stay, and so does their "
                                                              "saved entry"}, partly
@@ -135,15 +136,17 @@ def test_target_doctor_finds_and_clears_each_orphan_and_leaves_a_live_volume_alo
     assert got["record", bare] == ["reported only"]
     assert all((pool / f"{v}.img").exists() for v in (gone, busy, lone, stray))
 
-    # The admin logs out; --fix --delete-data clears the rest.
+    # The admin logs out and deletes that target by hand; --fix --delete-data clears the rest.
     subprocess.run(["iscsiadm", "-m", "node", "-T", busy_iqn, "--logout"], check=True, capture_output=True,
                    timeout=120)
     subprocess.run(["iscsiadm", "-m", "node", "-T", busy_iqn, "-o", "delete"], check=True, capture_output=True)
+    Target(FabricModule("iscsi"), busy_iqn, mode="lookup").delete()
     started = time.monotonic()
     code, fixed, err = doctor("--fix", "--delete-data")
     fix_seconds = time.monotonic() - started
     assert code == 0, (err, fixed)
     assert {r for f in fixed for r in [f["result"]] if f["kind"] != "record"} == {"cleared"}, fixed
+    assert ("lio-target", busy) not in kinds(fixed)
     for vid in (gone, busy, lone):
         assert not Path(f"/sys/kernel/config/target/iscsi/{contract.target_iqn(vid)}").exists()
         assert not list(Path("/sys/kernel/config/target/core").glob(f"*/{vid}"))

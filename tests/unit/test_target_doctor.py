@@ -28,7 +28,9 @@ PREFIX = contract.DEFAULT_TARGET_IQN_PREFIX
 LIVE = contract.volume_id_for_name("pvc-live")
 ORPHAN = contract.volume_id_for_name("pvc-orphan")  # target + object + saved entries + file, no record
 LONE = contract.volume_id_for_name("pvc-lone")  # an unexported storage object only
-BUSY = contract.volume_id_for_name("pvc-busy")  # an orphan target an initiator is logged in to
+BUSY = contract.volume_id_for_name("pvc-busy")  # an orphan target with an ACL, an initiator logged in
+DYN = contract.volume_id_for_name("pvc-dyn")  # an orphan target without ACLs, one let in without an ACL
+BLIND = contract.volume_id_for_name("pvc-blind")  # an orphan target whose sessions cannot be read
 UNSAVED = contract.volume_id_for_name("pvc-unsaved")  # ready and live, missing from the saved config
 BARE = contract.volume_id_for_name("pvc-bare")  # ready, LIO lacks its objects
 SNAP = contract.snapshot_id_for_name("snap-kept")
@@ -65,22 +67,27 @@ class World:
         (so / "udev_path").write_text(f"{self.pool_dir / (name + '.img')}\n")
         return so
 
-    def target(self, vid: str, so: Path | None, session: bool = False) -> None:
+    def target(self, vid: str, so: Path | None, session: bool = False, acl: bool = True,
+               dynamic: str = "") -> Path:
         tpg = self.cfs / "iscsi" / contract.target_iqn(vid) / "tpgt_1"
         (tpg / "lun" / "lun_0").mkdir(parents=True)
+        (tpg / "acls").mkdir()
+        (tpg / "dynamic_sessions").write_text(dynamic)
         if so is not None:
             os.symlink(so, tpg / "lun" / "lun_0" / "0123456789")
-        acl = tpg / "acls" / INITIATOR
-        acl.mkdir(parents=True)
-        (acl / "info").write_text(f"InitiatorName: {INITIATOR}\n" if session else
-                                  f"No active iSCSI Session for Initiator Endpoint: {INITIATOR}\n")
+        if acl:
+            acl_dir = tpg / "acls" / INITIATOR
+            acl_dir.mkdir(parents=True)
+            (acl_dir / "info").write_text(f"InitiatorName: {INITIATOR}\n" if session else
+                                          f"No active iSCSI Session for Initiator Endpoint: {INITIATOR}\n")
+        return tpg
 
-    def save(self, vids: list[str]) -> None:
+    def save(self, vids: list[str], extra_targets: tuple[str, ...] = ()) -> None:
         self.saveconfig.write_text(json.dumps({
             "fabric_modules": [],
             "storage_objects": [{"name": v, "plugin": "fileio"} for v in vids] + [{"name": "admin-disk"}],
-            "targets": [{"wwn": contract.target_iqn(v), "tpgs": [{"tag": 1}]} for v in vids] +
-                       [{"wwn": "iqn.2003-01.org.admin:disk", "tpgs": []}]}))
+            "targets": [{"wwn": w, "tpgs": [{"tag": 1}]} for w in [*map(contract.target_iqn, vids), *extra_targets]]
+            + [{"wwn": "iqn.2003-01.org.admin:disk", "tpgs": []}]}))
 
     def doctor(self) -> TargetDoctor:
         return TargetDoctor(self.controller, LioView(self.cfs), self.saveconfig, {"default": self.pool}, prefix=PREFIX)
@@ -102,10 +109,9 @@ class FakeLio:
         self.calls.append(f"delete_target {iqn}")
         shutil.rmtree(self.world.cfs / "iscsi" / iqn)
 
-    def delete_storage_object(self, name: str, iqn: str | None = None) -> None:
+    def delete_storage_object_at(self, hba: str, name: str) -> None:
         self.calls.append(f"delete_storage_object {name}")
-        for so in self.world.cfs.glob(f"core/*/{name}"):
-            shutil.rmtree(so)
+        shutil.rmtree(self.world.cfs / "core" / hba / name)
 
     def dump(self, storage_object: str, iqn: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         self.calls.append(f"dump {storage_object}")
@@ -120,13 +126,18 @@ def world(tmp_path: Path) -> World:
     w.record(BARE)
     w.data(BARE)
     w.data(ORPHAN)
-    w.target(ORPHAN, w.storage_object(ORPHAN))
+    w.target(ORPHAN, w.storage_object(ORPHAN), acl=False)
     w.storage_object(LONE)
     w.target(BUSY, None, session=True)
+    w.target(DYN, None, acl=False, dynamic=INITIATOR + "\n")
+    blind = w.target(BLIND, None, acl=False)
+    (blind / "dynamic_sessions").unlink()
+    (blind / "attrib").mkdir()
+    (blind / "attrib" / "generate_node_acls").write_text("1\n")  # demo mode, and no way to see its sessions
     SnapshotStore(w.controller).put(SnapshotRecord(SNAP, "snap-kept", LIVE, "default", 1 << 20, created_ns=1,
                                                    state=READY))
     w.data(SNAP)
-    w.save([LIVE, BARE, ORPHAN])
+    w.save([LIVE, BARE, ORPHAN], extra_targets=(f"{PREFIX}:x:{ORPHAN}",))
     return w
 
 
@@ -137,12 +148,15 @@ def kinds(findings: list[Any]) -> list[tuple[str, str]]:
 def test_each_orphan_kind_is_found_and_no_live_volume_part(world: World) -> None:
     findings = world.doctor().find()
     assert kinds(findings) == sorted([
-        (TARGET, ORPHAN), (TARGET, BUSY), (OBJECT, ORPHAN), (OBJECT, LONE), (SAVED, ORPHAN), (SAVED, ORPHAN),
-        (DATA, ORPHAN), (RECORD, UNSAVED), (RECORD, BARE)])
+        (TARGET, ORPHAN), (TARGET, BUSY), (TARGET, DYN), (TARGET, BLIND), (OBJECT, ORPHAN), (OBJECT, LONE),
+        (SAVED, ORPHAN), (SAVED, ORPHAN), (SAVED, ORPHAN), (DATA, ORPHAN), (RECORD, UNSAVED), (RECORD, BARE)])
     by = {(f.kind, f.volume_id): f for f in findings}
-    assert "logged in now: " + INITIATOR.lower() in by[TARGET, BUSY].why
+    assert f"ACLs for {INITIATOR.lower()}; logged in now: {INITIATOR.lower()}" in by[TARGET, BUSY].why
+    assert "logged in now: " + INITIATOR in by[TARGET, DYN].why
+    assert "whether an initiator is logged in cannot be told" in by[TARGET, BLIND].why
     assert "exported by " + contract.target_iqn(ORPHAN) in by[OBJECT, ORPHAN].why
-    assert "LioLacks" not in by[RECORD, BARE].why and "lacks its storage object and target" in by[RECORD, BARE].why
+    assert "LIO serves it" in by[DATA, ORPHAN].why
+    assert by[RECORD, BARE].why.startswith("ready, and LIO lacks its storage object and target")
     assert by[RECORD, BARE].fix == ""  # the controller's start restores it, doctor does not
     assert "missing from the saved config" in by[RECORD, UNSAVED].why
     assert all(LIVE not in f.subject and f.volume_id not in (LIVE, SNAP) for f in findings)
@@ -162,10 +176,14 @@ def test_fix_clears_in_order_leaves_what_is_in_use_and_data_without_the_flag(wor
         result.setdefault((f.kind, f.volume_id), []).append(f.result)
     assert lio.calls.index(f"delete_target {contract.target_iqn(ORPHAN)}") < \
         lio.calls.index(f"delete_storage_object {ORPHAN}")  # the target first, then what it exported
-    assert f"delete_target {contract.target_iqn(BUSY)}" not in lio.calls
-    assert result[TARGET, BUSY][0].startswith("left: logged in by")
+    assert [c for c in lio.calls if c.startswith("delete_target")] == [f"delete_target {contract.target_iqn(ORPHAN)}"]
+    assert result[TARGET, BUSY][0].startswith(f"left: it has ACLs for {INITIATOR.lower()}")
+    assert result[TARGET, DYN] == [f"left: logged in by {INITIATOR}; run csi-iscsi doctor --fix on that node (or "
+                                   "log it out) first"]
+    assert result[TARGET, BLIND] == ["left: whether an initiator is logged in cannot be told (configfs could not be "
+                                     "read)"]
     assert result[TARGET, ORPHAN] == result[OBJECT, ORPHAN] == result[OBJECT, LONE] == ["cleared"]
-    assert result[SAVED, ORPHAN] == ["cleared", "cleared"] and result[RECORD, UNSAVED] == ["cleared"]
+    assert result[SAVED, ORPHAN] == ["cleared"] * 3 and result[RECORD, UNSAVED] == ["cleared"]
     assert result[DATA, ORPHAN] == ["left: pool data is deleted only with --delete-data"]
     assert (world.pool_dir / f"{ORPHAN}.img").exists()
     assert result[RECORD, BARE] == ["reported only"]
@@ -176,41 +194,96 @@ def test_fix_clears_in_order_leaves_what_is_in_use_and_data_without_the_flag(wor
     # The live volume and the snapshot are as they were; what is left is what was refused or only reported.
     assert (world.cfs / "iscsi" / contract.target_iqn(LIVE)).is_dir() and list(world.cfs.glob(f"core/*/{LIVE}"))
     assert (world.pool_dir / f"{LIVE}.img").exists() and (world.pool_dir / f"{SNAP}.img").exists()
-    assert kinds(doctor.find()) == sorted([(TARGET, BUSY), (DATA, ORPHAN), (RECORD, BARE)])
+    assert kinds(doctor.find()) == sorted([(TARGET, BUSY), (TARGET, DYN), (TARGET, BLIND), (DATA, ORPHAN),
+                                           (RECORD, BARE)])
 
 
 def test_fix_deletes_orphan_data_only_with_delete_data_and_never_what_lio_serves(world: World) -> None:
     doctor = world.doctor()
-    (world.cfs / "iscsi" / contract.target_iqn(ORPHAN) / "tpgt_1" / "acls" / INITIATOR / "info").write_text(
-        f"InitiatorName: {INITIATOR}\n")  # the orphan target is in use: its object and data stay
+    dynamic = world.cfs / "iscsi" / contract.target_iqn(ORPHAN) / "tpgt_1" / "dynamic_sessions"
+    dynamic.write_text(INITIATOR + "\n")  # the orphan target is in use: its object and data stay
+    # LIO names the file through a symlink: still the same file.
+    link = world.tmp / "link"
+    link.symlink_to(world.pool_dir)
+    so = next(world.cfs.glob(f"core/*/{ORPHAN}"))
+    (so / "udev_path").write_text(f"{link / (ORPHAN + '.img')}\n")
     done = doctor.fix(doctor.find(), FakeLio(world), delete_data=True)
     assert {f.kind: f.result for f in done if f.volume_id == ORPHAN}[DATA] == \
         "left: LIO serves it; clear its storage object first"
     assert all(f.result.startswith("left") for f in done if f.volume_id == ORPHAN)  # saved entries kept too
     assert (world.pool_dir / f"{ORPHAN}.img").exists()
-    (world.cfs / "iscsi" / contract.target_iqn(ORPHAN) / "tpgt_1" / "acls" / INITIATOR / "info").write_text(
-        "No active iSCSI Session for Initiator Endpoint: x\n")
+    # A storage object whose backing cannot be told (the live volume's, here): no data is deleted.
+    live_so = next(world.cfs.glob(f"core/*/{LIVE}")) / "udev_path"
+    backing = live_so.read_text()
+    live_so.write_text("\n")
+    dynamic.write_text("")
+    done = doctor.fix(doctor.find(), FakeLio(world), delete_data=True)
+    assert {f.kind: f.result for f in done if f.volume_id == ORPHAN}[DATA].startswith("left: what LIO's storage "
+                                                                                       "objects")
+    assert (world.pool_dir / f"{ORPHAN}.img").exists()
+    live_so.write_text(backing)
     done = doctor.fix(doctor.find(), FakeLio(world), delete_data=True)
     assert {f.kind: f.result for f in done if f.volume_id == ORPHAN}[DATA] == "cleared"
     assert not (world.pool_dir / f"{ORPHAN}.img").exists()
     assert (world.pool_dir / f"{LIVE}.img").exists() and (world.pool_dir / f"{SNAP}.img").exists()
 
 
-def test_fix_on_the_target_refuses_while_the_controller_runs(world: World) -> None:
-    lock = StateDirLock(world.controller, "controller")
-    lock.acquire()
-    try:
-        argv = [sys.executable, "-m", "csi_iscsi", "doctor", "--side", "target", "--fix", "--state-dir",
-                str(world.state), "--saveconfig", str(world.saveconfig),
-                "--pool", f"name=default,type=fileio,path={world.pool_dir}"]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 2 and "the controller is running" in proc.stderr, proc.stderr
-        assert (world.pool_dir / f"{ORPHAN}.img").exists()
-        dry = subprocess.run([a for a in argv if a != "--fix"] + ["--json"], capture_output=True, text=True,
-                             timeout=120)
-        # Beside a running controller a dry run reads (the real configfs is absent here: LIO shows nothing).
-        assert dry.returncode == 1, dry.stderr
-        found = json.loads(dry.stdout)["findings"]
-        assert {(f["kind"], f["volume_id"]) for f in found} >= {(SAVED, ORPHAN), (DATA, ORPHAN)}
-    finally:
-        lock.release()
+def test_a_missing_saved_config_leaves_every_ready_volume_to_be_saved(world: World) -> None:
+    world.saveconfig.unlink()
+    found = world.doctor().find()
+    assert {f.volume_id for f in found if f.kind == RECORD and "missing from the saved config" in f.why} == \
+        {LIVE, UNSAVED}
+
+
+def doctor_cli(world: World, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "csi_iscsi", "doctor", "--side", "target", "--state-dir",
+                           str(world.state), "--configfs", str(world.cfs), *flags],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_fix_on_the_target_refuses_beside_the_controller_or_on_a_copy_of_its_directory(world: World) -> None:
+    from csi_iscsi.ops.target_doctor_cli import record_controller
+
+    record_controller(world.controller, [f"name=default,type=fileio,path={world.pool_dir}"], PREFIX,
+                      world.saveconfig)
+    # The dry run beside a running controller reads, with the settings the controller recorded.
+    for who, lock in (("state", StateDirLock(world.controller, "controller")),
+                      ("saved config", StateDirLock(world.tmp, "controller", "saveconfig.json.lock"))):
+        lock.acquire()
+        try:
+            dry = doctor_cli(world, "--json")
+            assert dry.returncode == 1, dry.stderr
+            assert {(f["kind"], f["volume_id"]) for f in json.loads(dry.stdout)["findings"]} >= \
+                {(TARGET, ORPHAN), (SAVED, ORPHAN), (DATA, ORPHAN)}
+            proc = doctor_cli(world, "--fix")
+            assert proc.returncode == 2 and "the controller is running" in proc.stderr, (who, proc.stderr)
+        finally:
+            lock.release()
+    assert (world.cfs / "iscsi" / contract.target_iqn(ORPHAN)).is_dir()
+    # A flag that contradicts what the controller recorded is refused, not half-used.
+    proc = doctor_cli(world, "--target-iqn-prefix", "iqn.2000-01.com.example")
+    assert proc.returncode == 2 and "is not the controller's" in proc.stderr
+    # A copy of the state directory (its lock is free, and its records are old) is not the controller's.
+    copy = world.tmp / "copy"
+    shutil.copytree(world.state, copy)
+    proc = subprocess.run([sys.executable, "-m", "csi_iscsi", "doctor", "--side", "target", "--fix", "--state-dir",
+                           str(copy), "--configfs", str(world.cfs)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "is not where the controller recorded it serves from" in proc.stderr
+    # Without LIO's configfs nothing can be told.
+    proc = subprocess.run([sys.executable, "-m", "csi_iscsi", "doctor", "--side", "target", "--state-dir",
+                           str(world.state), "--configfs", str(world.tmp / "none")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "not loaded here" in proc.stderr
+    assert (world.cfs / "iscsi" / contract.target_iqn(ORPHAN)).is_dir()
+
+
+def test_fix_refuses_when_most_targets_look_orphaned(world: World) -> None:
+    from csi_iscsi.ops.target_doctor_cli import record_controller
+
+    record_controller(world.controller, [f"name=default,type=fileio,path={world.pool_dir}"], PREFIX,
+                      world.saveconfig)
+    for vid in (LIVE, UNSAVED):  # the records a wrong or emptied state directory would lack
+        (world.controller / "volumes" / f"{vid}.json").unlink()
+    proc = doctor_cli(world, "--fix")
+    assert proc.returncode == 2 and "have no record" in proc.stderr and "--force-many" in proc.stderr, proc.stderr
+    assert (world.cfs / "iscsi" / contract.target_iqn(ORPHAN)).is_dir()
