@@ -48,10 +48,10 @@ from csi_iscsi.lio.saveconfig import DEBIAN_SAVE_FILE, SavedConfig
 from csi_iscsi.lio.service import LioTargetService
 from csi_iscsi.lio.target_metrics import TargetCounterCollector
 from csi_iscsi.ops import doctor, status
-from csi_iscsi.ops.doctor_loop import NODE_KINDS, TARGET_KINDS, DoctorLoop
+from csi_iscsi.ops.doctor_loop import NODE_KINDS, TARGET_KINDS, DoctorLoop, NotYet
 from csi_iscsi.ops.findings import Finding
 from csi_iscsi.ops.node_doctor import NodeDoctor
-from csi_iscsi.ops.target_doctor_cli import record_controller
+from csi_iscsi.ops.target_doctor_cli import forget_controller, record_controller
 from csi_iscsi.server import CsiServer, Services
 from csi_iscsi.servicers.controller import ControllerServicer
 from csi_iscsi.servicers.identity import IdentityServicer
@@ -207,11 +207,17 @@ def build_services(args: argparse.Namespace) -> Services:
         owned.append(_own(args.state_dir / "controller", "controller"))
         # The saved config's writer, whichever state directory it serves: csi-iscsi doctor --fix on
         # the target node needs this lock too, so no copy of a state directory lets it run beside us.
-        owned.append(_own(args.saveconfig.parent, "controller", args.saveconfig.name + ".lock"))
+        try:
+            owned.append(_own(args.saveconfig.parent, "controller", args.saveconfig.name + ".lock"))
+        except OSError as exc:
+            raise CsiIscsiError(f"cannot lock the saved LIO config's {args.saveconfig}.lock ({exc}): the controller "
+                                "rewrites that file and needs its directory writable") from exc
         try:
             record_controller(args.state_dir / "controller", specs, args.target_iqn_prefix, args.saveconfig)
-        except OSError as exc:  # best effort, as the node's identity: doctor can be given the flags
+        except OSError as exc:
+            # Best effort, and never stale: doctor --fix refuses without a record of where we serve.
             log.warning("recording the controller's settings for csi-iscsi doctor: %s", exc)
+            forget_controller(args.state_dir / "controller")
         target = LioTargetService(pools, args.portal, args.state_dir / "controller", SavedConfig(args.saveconfig),
                                   args.target_iqn_prefix)
         target.reconcile()
@@ -264,7 +270,10 @@ def build_services(args: argparse.Namespace) -> Services:
 
 def _node_findings(args: argparse.Namespace, runner: SubprocessRunner, deferred: DeferredNode) -> list[Finding]:
     """The node side's doctor dry run, for csi_iscsi_doctor_findings."""
-    initiator = deferred.get()[0].node_id.initiator_iqn
+    try:
+        initiator = deferred.get()[0].node_id.initiator_iqn
+    except CsiIscsiError as exc:  # not ready (readiness says why): nothing to count yet
+        raise NotYet(str(exc)) from exc
     mountinfo = Path(f"/proc/{args.host_pid}/mountinfo") if args.host_pid else Path("/proc/self/mountinfo")
     return NodeDoctor(args.state_dir, runner, initiator=initiator,
                       iface=SessionSettings(initiator_name=initiator).iface, mountinfo=mountinfo).find()

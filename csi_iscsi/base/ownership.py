@@ -57,9 +57,8 @@ class StateDirLock:
                         raise
                 now = time.monotonic()
                 if now - last_log >= log_every:
-                    log.warning("%s state directory %s is held by another process (%s) for %.0f s; waiting for "
-                                "it to stop before serving", self.who, self.directory, self._holder(),
-                                now - waited_since)
+                    log.warning("%s: %s is held by another process (%s) for %.0f s; waiting for it to stop "
+                                "before serving", self.who, self.path, self._holder(), now - waited_since)
                     last_log = now
                 time.sleep(0.2)
             if time.monotonic() - waited_since > 0.5:

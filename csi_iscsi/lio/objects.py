@@ -55,6 +55,7 @@ class LioView:
     module), and an odd entry someone else made cannot raise out of it."""
 
     def __init__(self, configfs: Path = CONFIGFS) -> None:
+        self._root = configfs
         self._core = configfs / "core"
         self._iscsi = configfs / "iscsi"
 
@@ -138,33 +139,39 @@ class LioView:
         except OSError:
             return []
 
-    def storage_objects(self) -> dict[str, tuple[str, str]]:
-        """name -> (its HBA directory, e.g. fileio_7; the file or device it serves) of every
-        fileio and iblock storage object."""
-        found: dict[str, tuple[str, str]] = {}
+    def storage_objects(self) -> dict[str, list[tuple[str, str]]]:
+        """name -> [(its HBA directory, e.g. fileio_7; the file or device it serves), ...] of every
+        storage object of every backstore (a name can be in more than one). A directory that
+        cannot be listed raises: what LIO serves must never look smaller than it is."""
+        found: dict[str, list[tuple[str, str]]] = {}
         for hba in sorted(self._core.glob("*_*")):
-            if hba.name.rsplit("_", 1)[0] not in ("fileio", "iblock"):
+            if not hba.is_dir() or hba.name.startswith("alua"):
                 continue
-            try:
-                entries = [e for e in os.scandir(hba) if e.is_dir() and e.name not in ("hba_info", "hba_mode")]
-            except OSError:
-                continue
-            for entry in entries:
-                found.setdefault(entry.name, (hba.name, self._read(Path(entry.path) / "udev_path") or ""))
+            for entry in os.scandir(hba):
+                if entry.is_dir():
+                    found.setdefault(entry.name, []).append(
+                        (hba.name, self._read(Path(entry.path) / "udev_path") or ""))
         return found
 
     def exports(self) -> dict[str, list[str]]:
-        """storage object (HBA dir/name) -> every target:LUN exporting it, over all targets."""
+        """storage object (HBA dir/name) -> every target:LUN exporting it, over every fabric
+        (deleting a storage object takes it out of all of them)."""
         found: dict[str, list[str]] = {}
-        for lun in sorted(self._iscsi.glob("*/tpgt_*/lun/lun_*")):
-            try:
-                links = [e.path for e in os.scandir(lun) if e.is_symlink()]
-            except OSError:
-                continue
-            for link in links:
-                so = Path(os.path.realpath(link))
-                found.setdefault(f"{so.parent.name}/{so.name}", []).append(f"{lun.parents[2].name} {lun.name}")
+        for lun in sorted(self._root.glob("*/*/tpgt_*/lun/lun_*")):
+            for entry in os.scandir(lun):
+                if entry.is_symlink():
+                    so = Path(os.path.realpath(entry.path))
+                    found.setdefault(f"{so.parent.name}/{so.name}", []).append(
+                        f"{lun.parents[3].name} {lun.parents[2].name} {lun.name}")
         return found
+
+    def all_acls(self, iqn: str) -> list[str] | None:
+        """Initiators with an ACL in any of the target's TPGs; None when they cannot be read."""
+        try:
+            return sorted({entry.name.lower() for tpg in (self._iscsi / iqn).glob("tpgt_*")
+                           for entry in os.scandir(tpg / "acls") if entry.is_dir()})
+        except OSError:
+            return None
 
     def sessions(self, iqn: str) -> list[str] | None:
         """Initiators with a session logged in to the target now (each ACL's info says; one let in

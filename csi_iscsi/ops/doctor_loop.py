@@ -22,6 +22,10 @@ FINDINGS = LazyMetric("Gauge", "csi_iscsi_doctor_findings", "What csi-iscsi doct
                       "by kind (run it to see what and why); -1 when the last look failed", ["side", "kind"])
 
 
+class NotYet(Exception):
+    """The plugin cannot look yet (a node without its initiator name): no value, and no backoff."""
+
+
 class DoctorLoop:
     def __init__(self, side: str, kinds: Sequence[str], find: Callable[[], list[Finding]], interval: float,
                  gauge: Any = None) -> None:
@@ -51,6 +55,9 @@ class DoctorLoop:
         """One look; the counts by kind, None when it failed."""
         try:
             findings = self._find()
+        except NotYet as exc:
+            log.debug("the %s side's doctor dry run waits: %s", self._side, exc)
+            return {}
         except Exception as exc:  # a failed look is a value too: an alert can see it
             log.warning("the %s side's doctor dry run failed (%s: %s)", self._side, type(exc).__name__, exc)
             for kind in self._kinds:

@@ -9,9 +9,13 @@ its volume.
 
 The controller alone changes LIO and the saved config, and keeps the saved config in memory: a
 fix made beside it would be undone (or would undo one of its writes). So --fix runs only while the
-controller is stopped, holding its state directory's lock; a dry run reads only and is safe at any
-time. Nothing with a session logged in is removed, and pool data only with --delete-data: a pool
-item without a record is still someone's bytes."""
+controller is stopped, holding its locks; a dry run reads only and is safe at any time.
+
+A missing record alone proves nothing on a LIO that another controller (another state directory and
+saved config) also uses: only what is in this controller's own saved config, which it alone
+writes, is its own. Everything else without a record is reported and left. Nothing with ACLs or a
+session is removed, and pool data only with --delete-data: a pool item without a record is still
+someone's bytes."""
 
 from __future__ import annotations
 
@@ -58,14 +62,19 @@ def _identity(path: str) -> tuple[int, int] | None:
     return (0, st.st_rdev) if stat.S_ISBLK(st.st_mode) else (st.st_dev, st.st_ino)
 
 
+NOT_OURS = ("not in this controller's saved config either: another controller's on this LIO, or made by hand "
+            "(doctor leaves it)")
+
+
 class TargetDoctor:
     def __init__(self, controller_dir: Path, view: LioView, saveconfig: Path, pools: Mapping[str, Pool], *,
-                 prefix: str = contract.DEFAULT_TARGET_IQN_PREFIX) -> None:
+                 prefix: str = contract.DEFAULT_TARGET_IQN_PREFIX, sysfs: Path = Path("/sys")) -> None:
         self._dir = controller_dir
         self._view = view
         self._saveconfig = saveconfig
         self._pools = pools
         self._prefix = prefix
+        self._sys = sysfs
 
     def _owned(self) -> tuple[set[str], set[str], RecordStore]:
         """(volume ids, snapshot ids) with a record, readable or not, and the volume records."""
@@ -75,53 +84,72 @@ class TargetDoctor:
         snaps = {s.snapshot_id for s in snapshots.all()} | snapshots.unreadable
         return volumes, snaps, records
 
-    def _saved(self) -> dict[str, Any]:
+    def _saved(self) -> tuple[list[str], list[str]]:
+        """The storage object names and target WWNs in the saved config (a malformed entry is
+        skipped: it names nothing)."""
         if not self._saveconfig.exists():
-            return {}
+            return [], []
         doc = json.loads(self._saveconfig.read_text() or "{}")
-        return doc if isinstance(doc, dict) else {}
+        if not isinstance(doc, dict):
+            return [], []
+        sos = [str(e["name"]) for e in doc.get("storage_objects") or [] if isinstance(e, dict) and "name" in e]
+        targets = [str(e["wwn"]) for e in doc.get("targets") or [] if isinstance(e, dict) and "wwn" in e]
+        return sos, targets
+
+    def _ours(self) -> set[str]:
+        """Volume ids this controller's saved config holds an entry of: its own, record or not."""
+        sos, targets = self._saved()
+        return {n for n in sos if contract.is_volume_id(n)} | \
+            {v for w in targets if (v := contract.volume_id_of(w)) and w == contract.target_iqn(v, self._prefix)}
+
+    def _live_targets(self) -> list[str]:
+        """Targets of exactly the driver's form under this prefix."""
+        return [iqn for iqn in self._view.target_dirs(self._prefix + ":")
+                if (v := contract.volume_id_of(iqn)) and iqn == contract.target_iqn(v, self._prefix)]
 
     def find(self) -> list[Finding]:
         volumes, snapshots, records = self._owned()
+        ours = self._ours()
         findings: list[Finding] = []
         exports = self._view.exports()
         objects = self._view.storage_objects()
-        live = self._view.target_dirs(self._prefix + ":")
+        live = self._live_targets()
         for iqn in live:
             vid = contract.volume_id_of(iqn)
-            if not vid or vid in volumes:
+            if vid in volumes:
                 continue
             sessions = self._view.sessions(iqn)
-            acls = [a[0] for a in self._view.acls(iqn)]
+            acls = self._view.all_acls(iqn)
             why = "no volume record names it (made by hand, or restored at boot from a saved entry a crash left)"
             why += f"; ACLs for {', '.join(acls)}" if acls else ""
             why += "; whether an initiator is logged in cannot be told" if sessions is None else \
                 (f"; logged in now: {', '.join(sessions)}" if sessions else "")
-            findings.append(Finding(TARGET, f"target {iqn}", vid, why,
+            findings.append(Finding(TARGET, f"target {iqn}", vid, why if vid in ours else f"{why}; {NOT_OURS}",
                                     "delete the target (its portals and LUN), unless it has ACLs or an initiator is "
-                                    "logged in"))
-        for name, (hba, backing) in sorted(objects.items()):
+                                    "logged in" if vid in ours else ""))
+        for name, places in sorted(objects.items()):
             if not contract.is_volume_id(name) or name in volumes:
                 continue
-            users = exports.get(f"{hba}/{name}", [])
-            exported = f"; exported by {', '.join(users)}" if users else ""
-            findings.append(Finding(OBJECT, f"storage object {hba}/{name} over {backing or '?'}", name,
-                                    "no volume record names it" + exported,
-                                    "delete the storage object (not its data), once no target exports it"))
-        saved = self._saved()
-        for so in saved.get("storage_objects", []):
-            name = str(so.get("name", ""))
+            for hba, backing in places:
+                users = exports.get(f"{hba}/{name}", [])
+                why = "no volume record names it" + (f"; exported by {', '.join(users)}" if users else "")
+                findings.append(Finding(OBJECT, f"storage object {hba}/{name} over {backing or '?'}", name,
+                                        why if name in ours else f"{why}; {NOT_OURS}",
+                                        "delete the storage object (not its data), once nothing exports it"
+                                        if name in ours else ""))
+        saved_sos, saved_targets = self._saved()
+        for name in saved_sos:
             if contract.is_volume_id(name) and name not in volumes:
                 findings.append(Finding(SAVED, f"saved storage object {name} in {self._saveconfig}", name,
                                         "no volume record names it: a boot would make it again in LIO",
-                                        "drop the entry from the saved config"))
-        for target in saved.get("targets", []):
-            wwn = str(target.get("wwn", ""))
-            vid = contract.volume_id_of(wwn) if wwn.startswith(self._prefix + ":") else ""
-            if vid and vid not in volumes:
+                                        "drop the entry from the saved config, unless its live object stays"))
+        for wwn in saved_targets:
+            vid = contract.volume_id_of(wwn)
+            if vid and wwn == contract.target_iqn(vid, self._prefix) and vid not in volumes:
                 findings.append(Finding(SAVED, f"saved target {wwn} in {self._saveconfig}", vid,
                                         "no volume record names it: a boot would make it again in LIO",
-                                        "drop the entry (with any CHAP secret it holds) from the saved config"))
+                                        "drop the entry (with any CHAP secret it holds) from the saved config, unless "
+                                        "its live target stays"))
         served, unknown = self._served(objects)
         for pool in self._pools.values():
             for item, where in pool.items().items():
@@ -129,32 +157,38 @@ class TargetDoctor:
                     continue
                 why = "no volume or snapshot record names it"
                 if _identity(where) in served:
-                    why += "; LIO serves it (see its storage object)"
+                    why += "; LIO or a loop device serves it"
                 elif unknown:
-                    why += f"; whether LIO serves it cannot be told ({', '.join(unknown[:3])} back onto what?)"
-                findings.append(Finding(DATA, f"{where} in pool {pool.name}", item, why,
-                                        "delete it, only with --delete-data (the data is lost)"))
-        saved_sos = {str(so.get("name", "")) for so in saved.get("storage_objects", [])}
-        saved_targets = {str(t.get("wwn", "")) for t in saved.get("targets", [])}
+                    why += f"; whether it is served cannot be told ({', '.join(unknown[:3])} back onto what?)"
+                findings.append(Finding(DATA, f"{where} in pool {pool.name}", item,
+                                        why if item in ours else f"{why}; {NOT_OURS}",
+                                        "delete it, only with --delete-data (the data is lost)"
+                                        if item in ours else ""))
         for record in records.all():
-            findings += self._record_findings(record.volume_id, record.state, objects, set(live), saved_sos,
-                                              saved_targets)
+            findings += self._record_findings(record.volume_id, record.state, objects, set(live), set(saved_sos),
+                                              set(saved_targets))
         return findings
 
-    @staticmethod
-    def _served(objects: Mapping[str, tuple[str, str]]) -> tuple[set[tuple[int, int]], list[str]]:
-        """The files and block devices LIO's storage objects serve, by identity (a path may be
-        spelled through a symlink), and the objects whose backing cannot be told."""
+    def _served(self, objects: Mapping[str, list[tuple[str, str]]]) -> tuple[set[tuple[int, int]], list[str]]:
+        """The files and block devices LIO's storage objects and the loop devices serve, by
+        identity (a path may be spelled through a symlink), and what serves something that cannot
+        be told."""
         served, unknown = set(), []
-        for name, (hba, backing) in objects.items():
+        backings = [(f"{hba}/{name}", backing) for name, places in objects.items() for hba, backing in places]
+        for loop in sorted(self._sys.glob("block/loop*/loop/backing_file")):
+            try:
+                backings.append((loop.parts[-3], loop.read_text().strip()))
+            except OSError:
+                continue  # detached meanwhile
+        for what, backing in backings:
             ident = _identity(backing) if backing else None
             if ident is None:
-                unknown.append(f"{hba}/{name}")
+                unknown.append(what)
             else:
                 served.add(ident)
         return served, unknown
 
-    def _record_findings(self, vid: str, state: str, objects: Mapping[str, tuple[str, str]], live: set[str],
+    def _record_findings(self, vid: str, state: str, objects: Mapping[str, list[tuple[str, str]]], live: set[str],
                          saved_sos: set[str], saved_targets: set[str]) -> list[Finding]:
         iqn = contract.target_iqn(vid, self._prefix)
         path = str(self._dir / "volumes" / f"{vid}.json")
@@ -168,7 +202,7 @@ class TargetDoctor:
                             "restores them from the saved config and the record at its next start (its data "
                             "permitting)", "")]
         if vid not in saved_sos or iqn not in saved_targets:
-            return [Finding(RECORD, path, vid, "exported in LIO but missing from the saved config: a reboot would "
+            return [Finding(RECORD, path, vid, "exported in LIO but missing from the saved config: a boot would "
                             "leave it to the controller, which cannot restore CHAP ACLs", "save its live LIO objects "
                             "to the saved config")]
         return []
@@ -176,43 +210,48 @@ class TargetDoctor:
     def fix(self, findings: list[Finding], lio: LioWriter, *, delete_data: bool) -> list[Finding]:
         """Clear what find() reported, targets before storage objects, live LIO before the saved
         config, data last; looked at again before each step. Call only with the controller
-        stopped (its state directory's lock held). One failure is its finding's result."""
+        stopped (its locks held). One failure is its finding's result."""
         volumes, snapshots, _ = self._owned()
-        order = {TARGET: 0, OBJECT: 1, SAVED: 2, RECORD: 3, DATA: 4}
+        ours = self._ours()  # before the saved config is rewritten: data is judged by what it held
+        order = {TARGET: 0, OBJECT: 1, DATA: 2, SAVED: 3, RECORD: 4}
         done: dict[int, Finding] = {}
         # Saved entries to write (a dump) or drop (None), in one write of the saved config.
         sos: dict[str, dict[str, Any] | None] = {}
         targets: dict[str, dict[str, Any] | None] = {}
         saved_at: list[int] = []
-        left: set[str] = set()  # volumes whose live LIO objects stay: so do their saved entries
+        # What stays keeps its saved entries: they are what shows a later run it is this controller's.
+        left: dict[str, set[str]] = {TARGET: set(), OBJECT: set(), DATA: set()}
         for index, f in sorted(enumerate(findings), key=lambda pair: order.get(pair[1].kind, 9)):
             if not f.fix:
                 done[index] = replace(f, result="reported only")
-                continue
-            if f.volume_id in volumes or f.volume_id in snapshots:
-                done[index] = replace(f, result="left: a record names it now") if f.kind != RECORD else \
-                    replace(f, result=self._try(partial(self._resave, f, lio, sos, targets)))
-                saved_at += [index] if f.kind == RECORD else []
-                continue
-            if f.kind == TARGET:
+            elif f.kind == RECORD:
+                done[index] = replace(f, result=self._try(partial(self._resave, f, lio, sos, targets)))
+                saved_at.append(index)
+            elif f.volume_id in volumes or f.volume_id in snapshots:
+                done[index] = replace(f, result="left: a record names it now")
+            elif f.volume_id not in ours:
+                done[index] = replace(f, result="left: not in this controller's saved config")
+            elif f.kind == TARGET:
                 done[index] = replace(f, result=self._try(partial(self._delete_target, f, lio)))
             elif f.kind == OBJECT:
                 done[index] = replace(f, result=self._try(partial(self._delete_object, f, lio)))
-            elif f.kind == SAVED and f.volume_id in left:
-                done[index] = replace(f, result="left: its live LIO objects stay, and so does their saved entry")
-                continue
             elif f.kind == SAVED:
-                # The entry's own name, as found (a target need not be <prefix>:<id> exactly).
-                if f.subject.startswith("saved target "):
-                    targets[f.subject.split(" ")[2]] = None
-                else:
-                    sos[f.subject.split(" ")[3]] = None
+                kind, key = (TARGET, f.subject.split(" ")[2]) if f.subject.startswith("saved target ") else \
+                    (OBJECT, f.subject.split(" ")[3])
+                # A target that stays keeps both entries (its LUN names the object); an object or data
+                # that stays keeps the object's, while a deleted target's entry goes (a boot would
+                # remake the target).
+                if f.volume_id in left[TARGET] or (kind == OBJECT and f.volume_id in left[OBJECT] | left[DATA]):
+                    done[index] = replace(f, result="left: what it saves stays (live in LIO, or its data), and the "
+                                                    "entry shows a later run that it is this controller's")
+                    continue
+                (targets if kind == TARGET else sos)[key] = None
                 saved_at.append(index)
                 done[index] = f
             elif f.kind == DATA:
                 done[index] = replace(f, result=self._try(partial(self._delete_data, f, delete_data)))
-            if f.kind in (TARGET, OBJECT) and not done[index].result.startswith("cleared"):
-                left.add(f.volume_id)
+            if f.kind in left and not done[index].result.startswith("cleared"):
+                left[f.kind].add(f.volume_id)
         if saved_at:
             result = self._try(partial(self._write_saved, sos, targets))
             for index in saved_at:
@@ -230,9 +269,11 @@ class TargetDoctor:
 
     def _delete_target(self, f: Finding, lio: LioWriter) -> str:
         iqn = f.subject.removeprefix("target ")
-        if iqn not in self._view.target_dirs(iqn):
+        if iqn not in self._live_targets():
             return "cleared (gone meanwhile)"
-        acls = [a[0] for a in self._view.acls(iqn)]
+        acls = self._view.all_acls(iqn)
+        if acls is None:
+            return "left: its ACLs cannot be read"
         if acls:
             # What a crash of the controller leaves has none (a volume is unpublished before it is
             # deleted); ACLs mean someone let initiators in: a person decides.
@@ -249,12 +290,11 @@ class TargetDoctor:
 
     def _delete_object(self, f: Finding, lio: LioWriter) -> str:
         name = f.volume_id
-        objects = self._view.storage_objects()
-        if name not in objects:
-            return "cleared (gone meanwhile)"
         hba = f.subject.split(" ")[2].split("/")[0]
-        if objects[name][0] != hba:
-            return f"left: the storage object {name} is now at {objects[name][0]}, not {hba}"
+        if hba not in [h for h, _ in self._view.storage_objects().get(name, [])]:
+            return "cleared (gone meanwhile)"
+        if hba.rsplit("_", 1)[0] not in ("fileio", "iblock"):
+            return f"left: a {hba.rsplit('_', 1)[0]} storage object; doctor deletes fileio and block ones only"
         users = self._view.exports().get(f"{hba}/{name}", [])
         if users:
             return f"left: exported by {', '.join(users)}"
@@ -284,10 +324,10 @@ class TargetDoctor:
             return "cleared (gone meanwhile)"
         served, unknown = self._served(self._view.storage_objects())
         if _identity(where) in served:
-            return "left: LIO serves it; clear its storage object first"
+            return "left: LIO or a loop device serves it; clear its storage object first"
         if unknown:
-            return (f"left: what LIO's storage objects {', '.join(unknown[:3])} serve cannot be told, so neither can "
-                    "whether this is one")
+            return (f"left: what {', '.join(unknown[:3])} serve cannot be told, so neither can whether this is one "
+                    "of them")
         if contract.is_snapshot_id(f.volume_id):
             pool.release_snapshot(f.volume_id)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -32,6 +33,13 @@ def record_controller(controller_dir: Path, pools: list[str], prefix: str, savec
              "state_dir": os.path.realpath(controller_dir)}
     if read_controller(controller_dir) != value:
         write_json_atomic(controller_dir / IDENTITY_FILE, value)
+
+
+def forget_controller(controller_dir: Path) -> None:
+    """When the settings cannot be recorded, none stay: old ones would point doctor at another
+    saved config than the one the controller locks."""
+    with contextlib.suppress(OSError):
+        (controller_dir / IDENTITY_FILE).unlink(missing_ok=True)
 
 
 def read_controller(controller_dir: Path) -> dict[str, Any]:
@@ -99,6 +107,8 @@ def run_target(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 return _refuse(f"{len(orphans)} of the {live} targets {prefix}:* in LIO have no record in "
                                f"{controller_dir}: is that the controller's state directory, and its "
                                "--target-iqn-prefix? If it is, run again with --force-many")
+            if str(configfs) != "/sys/kernel/config/target":
+                return _refuse("--fix acts on the live LIO only (--configfs is for reading a copy)")
             from csi_iscsi.lio.objects import Lio
 
             findings = doctor.fix(findings, Lio(configfs), delete_data=args.delete_data)

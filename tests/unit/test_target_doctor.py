@@ -31,6 +31,7 @@ LONE = contract.volume_id_for_name("pvc-lone")  # an unexported storage object o
 BUSY = contract.volume_id_for_name("pvc-busy")  # an orphan target with an ACL, an initiator logged in
 DYN = contract.volume_id_for_name("pvc-dyn")  # an orphan target without ACLs, one let in without an ACL
 BLIND = contract.volume_id_for_name("pvc-blind")  # an orphan target whose sessions cannot be read
+FOREIGN = contract.volume_id_for_name("pvc-foreign")  # no record, not in this controller's saved config
 UNSAVED = contract.volume_id_for_name("pvc-unsaved")  # ready and live, missing from the saved config
 BARE = contract.volume_id_for_name("pvc-bare")  # ready, LIO lacks its objects
 SNAP = contract.snapshot_id_for_name("snap-kept")
@@ -127,7 +128,9 @@ def world(tmp_path: Path) -> World:
     w.data(BARE)
     w.data(ORPHAN)
     w.target(ORPHAN, w.storage_object(ORPHAN), acl=False)
-    w.storage_object(LONE)
+    lone_backing = w.tmp / "lone-backing.img"  # made by hand over a file outside the pools
+    lone_backing.write_bytes(b"x")
+    (w.storage_object(LONE) / "udev_path").write_text(f"{lone_backing}\n")
     w.target(BUSY, None, session=True)
     w.target(DYN, None, acl=False, dynamic=INITIATOR + "\n")
     blind = w.target(BLIND, None, acl=False)
@@ -137,7 +140,10 @@ def world(tmp_path: Path) -> World:
     SnapshotStore(w.controller).put(SnapshotRecord(SNAP, "snap-kept", LIVE, "default", 1 << 20, created_ns=1,
                                                    state=READY))
     w.data(SNAP)
-    w.save([LIVE, BARE, ORPHAN], extra_targets=(f"{PREFIX}:x:{ORPHAN}",))
+    # Another controller's on the same LIO (or made by hand): its own saved config, not this one.
+    w.data(FOREIGN)
+    w.target(FOREIGN, w.storage_object(FOREIGN), acl=False)
+    w.save([LIVE, BARE, ORPHAN, BUSY, DYN, BLIND], extra_targets=(f"{PREFIX}:x:{ORPHAN}",))
     return w
 
 
@@ -148,15 +154,20 @@ def kinds(findings: list[Any]) -> list[tuple[str, str]]:
 def test_each_orphan_kind_is_found_and_no_live_volume_part(world: World) -> None:
     findings = world.doctor().find()
     assert kinds(findings) == sorted([
-        (TARGET, ORPHAN), (TARGET, BUSY), (TARGET, DYN), (TARGET, BLIND), (OBJECT, ORPHAN), (OBJECT, LONE),
-        (SAVED, ORPHAN), (SAVED, ORPHAN), (SAVED, ORPHAN), (DATA, ORPHAN), (RECORD, UNSAVED), (RECORD, BARE)])
+        (TARGET, ORPHAN), (TARGET, BUSY), (TARGET, DYN), (TARGET, BLIND), (TARGET, FOREIGN), (OBJECT, ORPHAN),
+        (OBJECT, LONE), (OBJECT, FOREIGN), (DATA, ORPHAN), (DATA, FOREIGN), (RECORD, UNSAVED), (RECORD, BARE)]
+        + [(SAVED, v) for v in (ORPHAN, BUSY, DYN, BLIND) for _ in range(2)])
     by = {(f.kind, f.volume_id): f for f in findings}
     assert f"ACLs for {INITIATOR.lower()}; logged in now: {INITIATOR.lower()}" in by[TARGET, BUSY].why
     assert "logged in now: " + INITIATOR in by[TARGET, DYN].why
     assert "whether an initiator is logged in cannot be told" in by[TARGET, BLIND].why
-    assert "exported by " + contract.target_iqn(ORPHAN) in by[OBJECT, ORPHAN].why
-    assert "LIO serves it" in by[DATA, ORPHAN].why
+    assert f"exported by iscsi {contract.target_iqn(ORPHAN)} lun_0" in by[OBJECT, ORPHAN].why
+    assert "LIO or a loop device serves it" in by[DATA, ORPHAN].why
     assert by[RECORD, BARE].why.startswith("ready, and LIO lacks its storage object and target")
+    # Without a record and outside this controller's saved config: reported, never fixed.
+    assert all(by[kind, FOREIGN].fix == "" and "another controller's" in by[kind, FOREIGN].why
+               for kind in (TARGET, OBJECT, DATA))
+    assert by[OBJECT, LONE].fix == ""  # made by hand, in no saved config
     assert by[RECORD, BARE].fix == ""  # the controller's start restores it, doctor does not
     assert "missing from the saved config" in by[RECORD, UNSAVED].why
     assert all(LIVE not in f.subject and f.volume_id not in (LIVE, SNAP) for f in findings)
@@ -182,20 +193,29 @@ def test_fix_clears_in_order_leaves_what_is_in_use_and_data_without_the_flag(wor
                                    "log it out) first"]
     assert result[TARGET, BLIND] == ["left: whether an initiator is logged in cannot be told (configfs could not be "
                                      "read)"]
-    assert result[TARGET, ORPHAN] == result[OBJECT, ORPHAN] == result[OBJECT, LONE] == ["cleared"]
-    assert result[SAVED, ORPHAN] == ["cleared"] * 3 and result[RECORD, UNSAVED] == ["cleared"]
+    assert result[TARGET, ORPHAN] == result[OBJECT, ORPHAN] == ["cleared"]
+    assert result[TARGET, FOREIGN] == result[OBJECT, FOREIGN] == result[OBJECT, LONE] == ["reported only"]
+    # The target's saved entry goes with it; the object's stays while its data does (without
+    # --delete-data): it is what shows the next run the data is this controller's.
+    assert sorted(result[SAVED, ORPHAN])[0] == "cleared" and sorted(result[SAVED, ORPHAN])[1].startswith("left: what")
+    assert result[RECORD, UNSAVED] == ["cleared"]
+    assert {r.split(" (")[0] for r in result[SAVED, BUSY]} == {"left: what it saves stays"}
     assert result[DATA, ORPHAN] == ["left: pool data is deleted only with --delete-data"]
     assert (world.pool_dir / f"{ORPHAN}.img").exists()
     assert result[RECORD, BARE] == ["reported only"]
     saved = json.loads(world.saveconfig.read_text())
-    assert [so["name"] for so in saved["storage_objects"]] == sorted([LIVE, BARE, UNSAVED, "admin-disk"])
-    assert [t["wwn"] for t in saved["targets"]] == sorted([contract.target_iqn(v) for v in (LIVE, BARE, UNSAVED)] +
-                                                          ["iqn.2003-01.org.admin:disk"])
+    assert [so["name"] for so in saved["storage_objects"]] == sorted([LIVE, BARE, UNSAVED, BUSY, DYN, BLIND, ORPHAN,
+                                                                      "admin-disk"])
+    assert [t["wwn"] for t in saved["targets"]] == sorted(
+        [contract.target_iqn(v) for v in (LIVE, BARE, UNSAVED, BUSY, DYN, BLIND)] +
+        [f"{PREFIX}:x:{ORPHAN}", "iqn.2003-01.org.admin:disk"])
     # The live volume and the snapshot are as they were; what is left is what was refused or only reported.
     assert (world.cfs / "iscsi" / contract.target_iqn(LIVE)).is_dir() and list(world.cfs.glob(f"core/*/{LIVE}"))
     assert (world.pool_dir / f"{LIVE}.img").exists() and (world.pool_dir / f"{SNAP}.img").exists()
-    assert kinds(doctor.find()) == sorted([(TARGET, BUSY), (TARGET, DYN), (TARGET, BLIND), (DATA, ORPHAN),
-                                           (RECORD, BARE)])
+    assert kinds(doctor.find()) == sorted(
+        [(TARGET, BUSY), (TARGET, DYN), (TARGET, BLIND), (TARGET, FOREIGN), (OBJECT, FOREIGN), (OBJECT, LONE),
+         (DATA, ORPHAN), (DATA, FOREIGN), (RECORD, BARE), (SAVED, ORPHAN)]
+        + [(SAVED, v) for v in (BUSY, DYN, BLIND) for _ in range(2)])
 
 
 def test_fix_deletes_orphan_data_only_with_delete_data_and_never_what_lio_serves(world: World) -> None:
@@ -209,7 +229,7 @@ def test_fix_deletes_orphan_data_only_with_delete_data_and_never_what_lio_serves
     (so / "udev_path").write_text(f"{link / (ORPHAN + '.img')}\n")
     done = doctor.fix(doctor.find(), FakeLio(world), delete_data=True)
     assert {f.kind: f.result for f in done if f.volume_id == ORPHAN}[DATA] == \
-        "left: LIO serves it; clear its storage object first"
+        "left: LIO or a loop device serves it; clear its storage object first"
     assert all(f.result.startswith("left") for f in done if f.volume_id == ORPHAN)  # saved entries kept too
     assert (world.pool_dir / f"{ORPHAN}.img").exists()
     # A storage object whose backing cannot be told (the live volume's, here): no data is deleted.
@@ -218,8 +238,7 @@ def test_fix_deletes_orphan_data_only_with_delete_data_and_never_what_lio_serves
     live_so.write_text("\n")
     dynamic.write_text("")
     done = doctor.fix(doctor.find(), FakeLio(world), delete_data=True)
-    assert {f.kind: f.result for f in done if f.volume_id == ORPHAN}[DATA].startswith("left: what LIO's storage "
-                                                                                       "objects")
+    assert "serve cannot be told" in {f.kind: f.result for f in done if f.volume_id == ORPHAN}[DATA]
     assert (world.pool_dir / f"{ORPHAN}.img").exists()
     live_so.write_text(backing)
     done = doctor.fix(doctor.find(), FakeLio(world), delete_data=True)
@@ -287,3 +306,26 @@ def test_fix_refuses_when_most_targets_look_orphaned(world: World) -> None:
     proc = doctor_cli(world, "--fix")
     assert proc.returncode == 2 and "have no record" in proc.stderr and "--force-many" in proc.stderr, proc.stderr
     assert (world.cfs / "iscsi" / contract.target_iqn(ORPHAN)).is_dir()
+
+
+def test_served_data_is_seen_through_a_second_object_of_the_name_and_a_loop_device_and_acls_in_any_tpg(
+        world: World) -> None:
+    sysfs = world.tmp / "sys"
+    doctor = TargetDoctor(world.controller, LioView(world.cfs), world.saveconfig, {"default": world.pool},
+                          prefix=PREFIX, sysfs=sysfs)
+    lio = FakeLio(world)
+    # The orphan's data is also served by an iblock object of the same name (over a loop device of it).
+    loop = sysfs / "block" / "loop3" / "loop"
+    loop.mkdir(parents=True)
+    (loop / "backing_file").write_text(f"{world.pool_dir / (ORPHAN + '.img')}\n")
+    second = world.cfs / "core" / "iblock_9" / ORPHAN
+    second.mkdir(parents=True)
+    (second / "udev_path").write_text("/dev/loop3\n")
+    # And an ACL in a second TPG of the orphan target.
+    (world.cfs / "iscsi" / contract.target_iqn(ORPHAN) / "tpgt_2" / "acls" / INITIATOR).mkdir(parents=True)
+    done = doctor.fix(doctor.find(), lio, delete_data=True)
+    result = {(f.kind, f.subject.split(" ")[2] if f.kind == OBJECT else ""): f.result
+              for f in done if f.volume_id == ORPHAN and f.kind in (TARGET, OBJECT, DATA)}
+    assert result[TARGET, ""].startswith(f"left: it has ACLs for {INITIATOR.lower()}")
+    assert (world.pool_dir / f"{ORPHAN}.img").exists()
+    assert result[DATA, ""].startswith("left: "), result
