@@ -6,6 +6,7 @@ the map, and the mounts. One listing serves all volumes: sysfs, one `multipathd 
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,11 +89,28 @@ def read_node_status(state_dir: Path, runner: Runner, *, volume_ids: list[str] |
     paths: dict[str, list[PathState]] = {}
     maps: dict[str, MapState] = {}
     if any(_on_map(s, multipath) for s in states):  # never wakes multipathd for single-path volumes
+        # Both questions at once: each is a process and a round trip to multipathd, slow when the
+        # node is busy, and they do not depend on each other.
+        answers: list[dict[str, MapState] | CsiIscsiError] = []
+
+        def ask_maps() -> None:
+            try:
+                answers.append(multipath.map_states())
+            except CsiIscsiError as exc:
+                answers.append(exc)
+
+        asking = threading.Thread(target=ask_maps, daemon=True)
+        asking.start()
         try:
             paths = multipath.all_path_states(timeout=5)
-            maps = multipath.map_states()
         except CsiIscsiError as exc:  # failed, timed out, or not installed
             notes.append(f"multipathd did not answer ({exc}); path and map states are not shown")
+        asking.join()
+        if paths and answers and not isinstance(answers[0], CsiIscsiError):
+            maps = answers[0]
+        elif paths:
+            notes.append(f"multipathd did not answer ({answers[0] if answers else 'no answer'}); map states are not "
+                         "shown")
     mounts = MountTable(mountinfo).all()
     by_portal = {(s.target_iqn, canonical_portal(s.portal)): s for s in sessions}
     views = [_volume(state, by_portal, paths, maps, mounts, scsi, multipath, sysfs) for state in states]
