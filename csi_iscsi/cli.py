@@ -51,6 +51,7 @@ from csi_iscsi.ops import doctor, status
 from csi_iscsi.ops.doctor_loop import NODE_KINDS, TARGET_KINDS, DoctorLoop, NotYet
 from csi_iscsi.ops.findings import Finding
 from csi_iscsi.ops.node_doctor import NodeDoctor
+from csi_iscsi.ops.target_doctor import NOT_OURS, TargetDoctor
 from csi_iscsi.ops.target_doctor_cli import forget_controller, record_controller
 from csi_iscsi.server import CsiServer, Services
 from csi_iscsi.servicers.controller import ControllerServicer
@@ -223,11 +224,11 @@ def build_services(args: argparse.Namespace) -> Services:
         target.reconcile()
         if args.doctor_interval > 0:
             from csi_iscsi.lio.objects import LioView
-            from csi_iscsi.ops.target_doctor import TargetDoctor
 
             target_doctor = TargetDoctor(args.state_dir / "controller", LioView(), args.saveconfig, pools,
                                          prefix=args.target_iqn_prefix)
-            background.append(DoctorLoop("target", TARGET_KINDS, target_doctor.find, args.doctor_interval))
+            background.append(DoctorLoop("target", TARGET_KINDS, partial(_own_findings, target_doctor),
+                                         args.doctor_interval))
         if args.metrics_address:
             REGISTRY.register(PoolCollector(target))
             REGISTRY.register(TargetCounterCollector(target.target_counters))
@@ -266,6 +267,12 @@ def build_services(args: argparse.Namespace) -> Services:
 
     return Services(identity=IdentityServicer(readiness), controller=controller, node=node, owned=owned,
                     background=background)
+
+
+def _own_findings(target_doctor: TargetDoctor) -> list[Finding]:
+    """The target side's dry run for csi_iscsi_doctor_findings, without what another controller on
+    this LIO (or a person) owns: those stay for good, and an alert on them would never clear."""
+    return [f for f in target_doctor.find() if NOT_OURS not in f.why]
 
 
 def _node_findings(args: argparse.Namespace, runner: SubprocessRunner, deferred: DeferredNode) -> list[Finding]:

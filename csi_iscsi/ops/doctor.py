@@ -33,8 +33,6 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--side", choices=["auto", "node", "target"], default="auto",
                    help="auto: the node side where <state-dir>/node exists, else the target side where "
                         "<state-dir>/controller exists")
-    p.add_argument("--delete-data", action="store_true",
-                   help="with --fix on the target node: also delete pool files or LVs no record names")
     p.add_argument("--configfs", type=Path, default=Path("/sys/kernel/config/target"), help=argparse.SUPPRESS)
     p.add_argument("--force-many", action="store_true",
                    help="with --fix on the target node: clear even when most of the driver's LIO targets have no "

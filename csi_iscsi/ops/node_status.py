@@ -91,12 +91,12 @@ def read_node_status(state_dir: Path, runner: Runner, *, volume_ids: list[str] |
     if any(_on_map(s, multipath) for s in states):  # never wakes multipathd for single-path volumes
         # Both questions at once: each is a process and a round trip to multipathd, slow when the
         # node is busy, and they do not depend on each other.
-        answers: list[dict[str, MapState] | CsiIscsiError] = []
+        answers: list[dict[str, MapState] | Exception] = []
 
         def ask_maps() -> None:
             try:
                 answers.append(multipath.map_states())
-            except CsiIscsiError as exc:
+            except Exception as exc:  # told below, in the notes
                 answers.append(exc)
 
         asking = threading.Thread(target=ask_maps, daemon=True)
@@ -104,13 +104,13 @@ def read_node_status(state_dir: Path, runner: Runner, *, volume_ids: list[str] |
         try:
             paths = multipath.all_path_states(timeout=5)
         except CsiIscsiError as exc:  # failed, timed out, or not installed
-            notes.append(f"multipathd did not answer ({exc}); path and map states are not shown")
+            notes.append(f"multipathd did not answer ({exc}); path states are not shown")
         asking.join()
-        if paths and answers and not isinstance(answers[0], CsiIscsiError):
-            maps = answers[0]
-        elif paths:
-            notes.append(f"multipathd did not answer ({answers[0] if answers else 'no answer'}); map states are not "
-                         "shown")
+        answer = answers[0] if answers else RuntimeError("no answer")
+        if isinstance(answer, Exception):
+            notes.append(f"multipathd did not answer about the maps ({answer}); map states are not shown")
+        else:
+            maps = answer
     mounts = MountTable(mountinfo).all()
     by_portal = {(s.target_iqn, canonical_portal(s.portal)): s for s in sessions}
     views = [_volume(state, by_portal, paths, maps, mounts, scsi, multipath, sysfs) for state in states]

@@ -12,10 +12,12 @@ fix made beside it would be undone (or would undo one of its writes). So --fix r
 controller is stopped, holding its locks; a dry run reads only and is safe at any time.
 
 A missing record alone proves nothing on a LIO that another controller (another state directory and
-saved config) also uses: only what is in this controller's own saved config, which it alone
-writes, is its own. Everything else without a record is reported and left. Nothing with ACLs or a
-session is removed, and pool data only with --delete-data: a pool item without a record is still
-someone's bytes."""
+saved config) also uses: only LIO objects this controller's own saved config names are fixed.
+Everything else without a record is reported and left. Nothing with ACLs or a session is removed,
+and pool data never: a pool item without a record is still someone's bytes, and what a lost
+record, a restored backup or a `targetcli` save into the same file leave all look alike. Doctor
+reports it, for a person to judge. Removing LIO objects loses no data: a controller that did own
+them restores them at its start from its record and saved config."""
 
 from __future__ import annotations
 
@@ -160,10 +162,11 @@ class TargetDoctor:
                     why += "; LIO or a loop device serves it"
                 elif unknown:
                     why += f"; whether it is served cannot be told ({', '.join(unknown[:3])} back onto what?)"
+                # Reported only, whoever's it looks: what a lost record, a saved config restored from
+                # backup or a `targetcli` save into the same file leave all look alike, and deleted
+                # bytes do not come back. A person deletes it, with the pool's own tools.
                 findings.append(Finding(DATA, f"{where} in pool {pool.name}", item,
-                                        why if item in ours else f"{why}; {NOT_OURS}",
-                                        "delete it, only with --delete-data (the data is lost)"
-                                        if item in ours else ""))
+                                        why if item in ours else f"{why}; {NOT_OURS}", ""))
         for record in records.all():
             findings += self._record_findings(record.volume_id, record.state, objects, set(live), set(saved_sos),
                                               set(saved_targets))
@@ -207,20 +210,21 @@ class TargetDoctor:
                             "to the saved config")]
         return []
 
-    def fix(self, findings: list[Finding], lio: LioWriter, *, delete_data: bool) -> list[Finding]:
-        """Clear what find() reported, targets before storage objects, live LIO before the saved
-        config, data last; looked at again before each step. Call only with the controller
-        stopped (its locks held). One failure is its finding's result."""
+    def fix(self, findings: list[Finding], lio: LioWriter) -> list[Finding]:
+        """Clear what find() reported, targets before storage objects, live LIO before the one
+        write of the saved config; looked at again before each step. Pool data is never deleted.
+        Call only with the controller stopped (its locks held). One failure is its finding's
+        result."""
         volumes, snapshots, _ = self._owned()
         ours = self._ours()  # before the saved config is rewritten: data is judged by what it held
-        order = {TARGET: 0, OBJECT: 1, DATA: 2, SAVED: 3, RECORD: 4}
+        order = {TARGET: 0, OBJECT: 1, SAVED: 2, RECORD: 3}
         done: dict[int, Finding] = {}
         # Saved entries to write (a dump) or drop (None), in one write of the saved config.
         sos: dict[str, dict[str, Any] | None] = {}
         targets: dict[str, dict[str, Any] | None] = {}
         saved_at: list[int] = []
-        # What stays keeps its saved entries: they are what shows a later run it is this controller's.
-        left: dict[str, set[str]] = {TARGET: set(), OBJECT: set(), DATA: set()}
+        # A live object that stays keeps its saved entry, or a boot would remake the others' half.
+        left: dict[str, set[str]] = {TARGET: set(), OBJECT: set()}
         for index, f in sorted(enumerate(findings), key=lambda pair: order.get(pair[1].kind, 9)):
             if not f.fix:
                 done[index] = replace(f, result="reported only")
@@ -238,18 +242,14 @@ class TargetDoctor:
             elif f.kind == SAVED:
                 kind, key = (TARGET, f.subject.split(" ")[2]) if f.subject.startswith("saved target ") else \
                     (OBJECT, f.subject.split(" ")[3])
-                # A target that stays keeps both entries (its LUN names the object); an object or data
-                # that stays keeps the object's, while a deleted target's entry goes (a boot would
-                # remake the target).
-                if f.volume_id in left[TARGET] or (kind == OBJECT and f.volume_id in left[OBJECT] | left[DATA]):
-                    done[index] = replace(f, result="left: what it saves stays (live in LIO, or its data), and the "
-                                                    "entry shows a later run that it is this controller's")
+                # A target that stays keeps both entries (its LUN names the object); an object that
+                # stays keeps its own, while a deleted target's entry goes (a boot would remake it).
+                if f.volume_id in left[TARGET] or (kind == OBJECT and f.volume_id in left[OBJECT]):
+                    done[index] = replace(f, result="left: what it saves stays live in LIO")
                     continue
                 (targets if kind == TARGET else sos)[key] = None
                 saved_at.append(index)
                 done[index] = f
-            elif f.kind == DATA:
-                done[index] = replace(f, result=self._try(partial(self._delete_data, f, delete_data)))
             if f.kind in left and not done[index].result.startswith("cleared"):
                 left[f.kind].add(f.volume_id)
         if saved_at:
@@ -312,24 +312,4 @@ class TargetDoctor:
 
     def _write_saved(self, sos: dict[str, dict[str, Any] | None], targets: dict[str, dict[str, Any] | None]) -> str:
         SavedConfig(self._saveconfig).update(storage_objects=sos, targets=targets)
-        return "cleared"
-
-    def _delete_data(self, f: Finding, delete_data: bool) -> str:
-        if not delete_data:
-            return "left: pool data is deleted only with --delete-data"
-        pool_name = f.subject.rsplit(" in pool ", 1)[1]
-        pool = self._pools[pool_name]
-        where = pool.items().get(f.volume_id)
-        if where is None:
-            return "cleared (gone meanwhile)"
-        served, unknown = self._served(self._view.storage_objects())
-        if _identity(where) in served:
-            return "left: LIO or a loop device serves it; clear its storage object first"
-        if unknown:
-            return (f"left: what {', '.join(unknown[:3])} serve cannot be told, so neither can whether this is one "
-                    "of them")
-        if contract.is_snapshot_id(f.volume_id):
-            pool.release_snapshot(f.volume_id)
-        else:
-            pool.release(f.volume_id)
         return "cleared"

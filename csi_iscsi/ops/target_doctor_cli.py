@@ -101,7 +101,7 @@ def run_target(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         doctor = TargetDoctor(controller_dir, view, saveconfig, pools, prefix=prefix)
         findings = doctor.find()
         if args.fix and findings:
-            orphans = {f.volume_id for f in findings if f.kind == TARGET}
+            orphans = {f.volume_id for f in findings if f.kind == TARGET and f.fix}  # what it would act on
             live = len(view.target_dirs(prefix + ":"))
             if len(orphans) >= 3 and 2 * len(orphans) > live and not args.force_many:
                 return _refuse(f"{len(orphans)} of the {live} targets {prefix}:* in LIO have no record in "
@@ -111,7 +111,7 @@ def run_target(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 return _refuse("--fix acts on the live LIO only (--configfs is for reading a copy)")
             from csi_iscsi.lio.objects import Lio
 
-            findings = doctor.fix(findings, Lio(configfs), delete_data=args.delete_data)
+            findings = doctor.fix(findings, Lio(configfs))
     except (CsiIscsiError, OSError, ValueError) as exc:
         return _refuse(f"{type(exc).__name__}: {exc}")
     finally:

@@ -1,9 +1,9 @@
 """csi-iscsi doctor on the target node, on real LIO: LIO targets and storage objects, saved-config
 entries and pool files no record names, and a record with nothing in LIO, planted beside a live
 volume under fio verify. A dry run beside the running controller reports exactly them; --fix
-refuses while the controller runs; with it stopped, --fix clears what this controller's saved config
-shows is its own, in order, leaves a target with ACLs, pool data without --delete-data, and what
-was made by hand, and the live volume never notices."""
+refuses while the controller runs; with it stopped, --fix clears the LIO objects and saved entries
+this controller's saved config shows are its own, in order, and leaves a target with ACLs, what was
+made by hand, and all pool data (reported for a person); the live volume never notices."""
 
 from __future__ import annotations
 
@@ -115,50 +115,46 @@ def test_target_doctor_finds_and_clears_each_orphan_and_leaves_a_live_volume_alo
          ("lio-object", lone), ("saved", gone), ("saved", gone), ("saved", busy), ("saved", busy),
          ("data", gone), ("data", busy), ("data", lone), ("data", stray), ("record", bare)]), \
         json.dumps(found, indent=1)
-    # What no saved config of this controller names (made by hand here) is reported, never fixed.
-    assert all(f["fix"] == "" for f in found if f["volume_id"] in (lone, stray)), found
+    # What no saved config of this controller names (made by hand here), and pool data, are reported,
+    # never fixed.
+    assert all(f["fix"] == "" for f in found if f["volume_id"] in (lone, stray) or f["kind"] == "data"), found
     assert sessions(busy_iqn), "the dry run logged the hand-made session out"
     code, _, err = doctor("--fix")
     assert code == 2 and "the controller is running" in err, err
     assert Path(f"/sys/kernel/config/target/iscsi/{contract.target_iqn(gone)}").is_dir()
 
-    # --fix with the controller stopped: what has ACLs, and pool data, stay.
+    # --fix with the controller stopped: what has ACLs, and all pool data, stay.
     ctl_stack.close()
     code, partly, err = doctor("--fix")
     assert code == 1, err
     got = results(partly)
     assert got["lio-target", gone] == got["lio-object", gone] == ["cleared"], partly
-    # The target's saved entry goes with it; the object's stays while the data does (the proof that
-    # the data is this controller's, for a later --delete-data).
-    assert sorted(r.split(" (")[0] for r in got["saved", gone]) == ["cleared", "left: what it saves stays"], partly
+    assert got["saved", gone] == ["cleared", "cleared"], partly
     # What a crash leaves has no ACL; one with ACLs (and here a session) is a person's to delete.
     assert got["lio-target", busy][0].startswith("left: it has ACLs for " + initiator_iqn.lower()), partly
     assert got["lio-object", busy][0].startswith("left: exported by iscsi " + busy_iqn), partly
-    assert {r.split(" (")[0] for r in got["saved", busy]} == {"left: what it saves stays"}, partly
-    assert {r for v in (gone, busy) for r in got["data", v]} == {
-        "left: pool data is deleted only with --delete-data"}, partly
-    assert got["lio-object", lone] == got["data", lone] == got["data", stray] == got["record", bare] == \
-        ["reported only"], partly
+    assert set(got["saved", busy]) == {"left: what it saves stays live in LIO"}, partly
+    assert got["lio-object", lone] == got["record", bare] == ["reported only"], partly
+    assert {r for v in (gone, busy, lone, stray) for r in got["data", v]} == {"reported only"}, partly
     assert all((pool / f"{v}.img").exists() for v in (gone, busy, lone, stray))
 
-    # The admin logs out and deletes that target by hand; --fix --delete-data clears the rest of
-    # what is this controller's.
+    # The admin logs out and deletes that target by hand; --fix clears the rest of what is this
+    # controller's in LIO and in its saved config.
     subprocess.run(["iscsiadm", "-m", "node", "-T", busy_iqn, "--logout"], check=True, capture_output=True,
                    timeout=120)
     subprocess.run(["iscsiadm", "-m", "node", "-T", busy_iqn, "-o", "delete"], check=True, capture_output=True)
     Target(FabricModule("iscsi"), busy_iqn, mode="lookup").delete()
     started = time.monotonic()
-    code, fixed, err = doctor("--fix", "--delete-data")
+    code, fixed, err = doctor("--fix")
     fix_seconds = time.monotonic() - started
     assert code == 0, (err, fixed)
-    assert {f["result"] for f in fixed if f["volume_id"] in (gone, busy)} == {"cleared"}, fixed
-    assert {f["result"] for f in fixed if f["volume_id"] not in (gone, busy)} == {"reported only"}, fixed
+    assert {f["result"] for f in fixed if f["volume_id"] == busy and f["kind"] != "data"} == {"cleared"}, fixed
+    assert {f["result"] for f in fixed if f["volume_id"] != busy or f["kind"] == "data"} == {"reported only"}, fixed
     for vid in (gone, busy):
         assert not Path(f"/sys/kernel/config/target/iscsi/{contract.target_iqn(vid)}").exists()
         assert not list(Path("/sys/kernel/config/target/core").glob(f"*/{vid}"))
-        assert not (pool / f"{vid}.img").exists()
     assert list(Path("/sys/kernel/config/target/core").glob(f"*/{lone}"))
-    assert (pool / f"{lone}.img").exists() and (pool / f"{stray}.img").exists()
+    assert all((pool / f"{v}.img").exists() for v in (gone, busy, lone, stray))  # doctor never deletes data
     doc = json.loads(save.read_text())
     assert sorted(so["name"] for so in doc["storage_objects"]) == sorted([live.volume_id, bare])
     assert sorted(t["wwn"] for t in doc["targets"]) == sorted([live_iqn, contract.target_iqn(bare)])
@@ -167,11 +163,11 @@ def test_target_doctor_finds_and_clears_each_orphan_and_leaves_a_live_volume_alo
     controller = ctl_stack.enter_context(running(ctl_args, tmp_path / "c2.sock", tmp_path / "controller2.log"))
     cluster = replace(cluster, controller=controller)
     code, after, err = doctor()
-    assert kinds(after) == sorted([("lio-object", lone), ("data", lone), ("data", stray)]), (err, after)
+    assert kinds(after) == sorted([("lio-object", lone)] + [("data", v) for v in (gone, busy, lone, stray)]), \
+        (err, after)
 
     output, _ = job.communicate(timeout=300)
-    print(f"target doctor: dry run {dry_seconds:.1f} s ({len(found)} findings), --fix --delete-data "
-          f"{fix_seconds:.1f} s")
+    print(f"target doctor: dry run {dry_seconds:.1f} s ({len(found)} findings), second --fix {fix_seconds:.1f} s")
     assert job.returncode == 0, output
     assert sessions(live_iqn) == live_sessions and whole(live_iqn, live_wwid)
     assert (pool / f"{live.volume_id}.img").exists()

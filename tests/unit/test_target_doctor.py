@@ -1,6 +1,6 @@
 """csi-iscsi doctor on the target node, over a configfs tree shaped like the kernel's, a real
 fileio pool directory, real record files and a real saved config: each orphan kind found, --fix
-clears only what no record names, in order, nothing in use and no data without --delete-data, and
+clears only LIO objects its controller's saved config names, in order, nothing in use and never data, and
 never a live volume's part. The same is proven on real LIO in tests/testbed/test_target_doctor.py."""
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def test_an_unreadable_record_still_owns_its_volume(world: World) -> None:
 def test_fix_clears_in_order_leaves_what_is_in_use_and_data_without_the_flag(world: World) -> None:
     doctor = world.doctor()
     lio = FakeLio(world)
-    done = doctor.fix(doctor.find(), lio, delete_data=False)
+    done = doctor.fix(doctor.find(), lio)
     result: dict[tuple[str, str], list[str]] = {}
     for f in done:
         result.setdefault((f.kind, f.volume_id), []).append(f.result)
@@ -195,16 +195,14 @@ def test_fix_clears_in_order_leaves_what_is_in_use_and_data_without_the_flag(wor
                                      "read)"]
     assert result[TARGET, ORPHAN] == result[OBJECT, ORPHAN] == ["cleared"]
     assert result[TARGET, FOREIGN] == result[OBJECT, FOREIGN] == result[OBJECT, LONE] == ["reported only"]
-    # The target's saved entry goes with it; the object's stays while its data does (without
-    # --delete-data): it is what shows the next run the data is this controller's.
-    assert sorted(result[SAVED, ORPHAN])[0] == "cleared" and sorted(result[SAVED, ORPHAN])[1].startswith("left: what")
+    assert result[SAVED, ORPHAN] == ["cleared", "cleared"]
     assert result[RECORD, UNSAVED] == ["cleared"]
-    assert {r.split(" (")[0] for r in result[SAVED, BUSY]} == {"left: what it saves stays"}
-    assert result[DATA, ORPHAN] == ["left: pool data is deleted only with --delete-data"]
+    assert set(result[SAVED, BUSY]) == {"left: what it saves stays live in LIO"}
+    assert result[DATA, ORPHAN] == ["reported only"]  # never deleted: a person judges pool data
     assert (world.pool_dir / f"{ORPHAN}.img").exists()
     assert result[RECORD, BARE] == ["reported only"]
     saved = json.loads(world.saveconfig.read_text())
-    assert [so["name"] for so in saved["storage_objects"]] == sorted([LIVE, BARE, UNSAVED, BUSY, DYN, BLIND, ORPHAN,
+    assert [so["name"] for so in saved["storage_objects"]] == sorted([LIVE, BARE, UNSAVED, BUSY, DYN, BLIND,
                                                                       "admin-disk"])
     assert [t["wwn"] for t in saved["targets"]] == sorted(
         [contract.target_iqn(v) for v in (LIVE, BARE, UNSAVED, BUSY, DYN, BLIND)] +
@@ -214,37 +212,24 @@ def test_fix_clears_in_order_leaves_what_is_in_use_and_data_without_the_flag(wor
     assert (world.pool_dir / f"{LIVE}.img").exists() and (world.pool_dir / f"{SNAP}.img").exists()
     assert kinds(doctor.find()) == sorted(
         [(TARGET, BUSY), (TARGET, DYN), (TARGET, BLIND), (TARGET, FOREIGN), (OBJECT, FOREIGN), (OBJECT, LONE),
-         (DATA, ORPHAN), (DATA, FOREIGN), (RECORD, BARE), (SAVED, ORPHAN)]
+         (DATA, ORPHAN), (DATA, FOREIGN), (RECORD, BARE)]
         + [(SAVED, v) for v in (BUSY, DYN, BLIND) for _ in range(2)])
 
 
-def test_fix_deletes_orphan_data_only_with_delete_data_and_never_what_lio_serves(world: World) -> None:
+def test_fix_never_deletes_pool_data_and_says_when_lio_serves_it(world: World) -> None:
     doctor = world.doctor()
-    dynamic = world.cfs / "iscsi" / contract.target_iqn(ORPHAN) / "tpgt_1" / "dynamic_sessions"
-    dynamic.write_text(INITIATOR + "\n")  # the orphan target is in use: its object and data stay
     # LIO names the file through a symlink: still the same file.
     link = world.tmp / "link"
     link.symlink_to(world.pool_dir)
     so = next(world.cfs.glob(f"core/*/{ORPHAN}"))
     (so / "udev_path").write_text(f"{link / (ORPHAN + '.img')}\n")
-    done = doctor.fix(doctor.find(), FakeLio(world), delete_data=True)
-    assert {f.kind: f.result for f in done if f.volume_id == ORPHAN}[DATA] == \
-        "left: LIO or a loop device serves it; clear its storage object first"
-    assert all(f.result.startswith("left") for f in done if f.volume_id == ORPHAN)  # saved entries kept too
-    assert (world.pool_dir / f"{ORPHAN}.img").exists()
-    # A storage object whose backing cannot be told (the live volume's, here): no data is deleted.
-    live_so = next(world.cfs.glob(f"core/*/{LIVE}")) / "udev_path"
-    backing = live_so.read_text()
-    live_so.write_text("\n")
-    dynamic.write_text("")
-    done = doctor.fix(doctor.find(), FakeLio(world), delete_data=True)
-    assert "serve cannot be told" in {f.kind: f.result for f in done if f.volume_id == ORPHAN}[DATA]
-    assert (world.pool_dir / f"{ORPHAN}.img").exists()
-    live_so.write_text(backing)
-    done = doctor.fix(doctor.find(), FakeLio(world), delete_data=True)
-    assert {f.kind: f.result for f in done if f.volume_id == ORPHAN}[DATA] == "cleared"
-    assert not (world.pool_dir / f"{ORPHAN}.img").exists()
-    assert (world.pool_dir / f"{LIVE}.img").exists() and (world.pool_dir / f"{SNAP}.img").exists()
+    found = doctor.find()
+    assert "LIO or a loop device serves it" in next(f.why for f in found if (f.kind, f.volume_id) == (DATA, ORPHAN))
+    for _ in range(2):  # a second run, with the object gone, still leaves the data
+        done = doctor.fix(doctor.find(), FakeLio(world))
+        assert {f.result for f in done if f.kind == DATA} == {"reported only"}
+    assert all((world.pool_dir / f"{v}.img").exists() for v in (ORPHAN, FOREIGN, LIVE, SNAP))
+    assert not list(world.cfs.glob(f"core/*/{ORPHAN}"))
 
 
 def test_a_missing_saved_config_leaves_every_ready_volume_to_be_saved(world: World) -> None:
@@ -323,9 +308,10 @@ def test_served_data_is_seen_through_a_second_object_of_the_name_and_a_loop_devi
     (second / "udev_path").write_text("/dev/loop3\n")
     # And an ACL in a second TPG of the orphan target.
     (world.cfs / "iscsi" / contract.target_iqn(ORPHAN) / "tpgt_2" / "acls" / INITIATOR).mkdir(parents=True)
-    done = doctor.fix(doctor.find(), lio, delete_data=True)
+    done = doctor.fix(doctor.find(), lio)
     result = {(f.kind, f.subject.split(" ")[2] if f.kind == OBJECT else ""): f.result
               for f in done if f.volume_id == ORPHAN and f.kind in (TARGET, OBJECT, DATA)}
     assert result[TARGET, ""].startswith(f"left: it has ACLs for {INITIATOR.lower()}")
     assert (world.pool_dir / f"{ORPHAN}.img").exists()
-    assert result[DATA, ""].startswith("left: "), result
+    assert result[DATA, ""] == "reported only", result
+    assert "LIO or a loop device serves it" in next(f.why for f in done if (f.kind, f.volume_id) == (DATA, ORPHAN))
