@@ -210,3 +210,13 @@ def test_a_plugin_serving_metrics_declares_the_shared_ones_before_the_first_scra
     declare_all()
     assert REGISTRY.get_sample_value("csi_iscsi_node_queueing_stopped_total") is not None
     assert "csi_iscsi_command_duration_seconds" in {m.name for m in REGISTRY.collect()}
+
+
+def test_a_map_with_no_path_left_keeps_its_queueing_shown(node_world: NodeWorld) -> None:
+    """multipathd lists no path at all (every one gone) while the map queues: the map's state is
+    what an operator needs then, and it is shown."""
+    node_world.stage()
+    status = node_status(node_world, "", f"{WWID} dm-0 0 active 25 sec\n")
+    [v] = status.volumes
+    assert v.map is not None and v.map.queueing == "25 sec" and v.map.paths == 0, v.map
+    assert v.abnormal
