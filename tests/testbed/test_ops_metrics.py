@@ -1,7 +1,8 @@
 """The operator's metrics on the real kernel, scraped over HTTP and checked by value: LIO's
 counters of each volume's target against the bytes written and read through the mount and the
 logins of its two paths, and
-csi_iscsi_doctor_findings on both sides following orphans planted and removed."""
+csi_iscsi_doctor_findings on both sides following orphans planted and removed (on the target, only
+what is this controller's: a hand-made target is not counted)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from csi_iscsi import contract
 from csi_iscsi.contract import NodeId
+from csi_iscsi.csi import csi_pb2
 
 from .conftest import leftovers, scrub_iscsi_and_lio
 from .plugins import PORTALS, MiB, controller_args, running
@@ -99,21 +101,36 @@ def test_target_counters_follow_the_bytes_and_logins_and_doctor_findings_follow_
 
     wait_for(lambda: set(findings(CONTROLLER_METRICS_PORT, "target").values()) == {0}
              and set(findings(NODE_METRICS_PORT, "node").values()) == {0}, 30)
-    # An orphan on each side: a driver-form target no record names, a node record no state names.
-    orphan = contract.volume_id_for_name("pvc-ops-metrics-orphan")
+    # An orphan on each side. On the target: a volume of this controller whose record is lost (its
+    # target, object, two saved entries and file are then this controller's with no record; what
+    # another controller or a person owns is left out of the metric). On the node: a record of a
+    # driver-form target that no stage state names.
+    orphan = cluster.create("pvc-ops-metrics-orphan", 16 * MiB).volume_id
     orphan_iqn = contract.target_iqn(orphan)
-    TPG(Target(FabricModule("iscsi"), orphan_iqn, mode="create"), 1, mode="create")
+    record = STATE / "controller" / "volumes" / f"{orphan}.json"
+    kept = record.read_bytes()
+    record.unlink()
     subprocess.run(["iscsiadm", "-m", "node", "-o", "new", "-T", orphan_iqn, "-p", PORTALS[0]], check=True,
                    capture_output=True)
-    seconds = wait_for(lambda: findings(CONTROLLER_METRICS_PORT, "target")["lio-target"] == 1
-                       and findings(NODE_METRICS_PORT, "node")["record"] == 1, 60)
+    expected = {"lio-target": 1, "lio-object": 1, "saved": 2, "data": 1, "record": 0}
+    try:
+        seconds = wait_for(lambda: findings(CONTROLLER_METRICS_PORT, "target") == expected
+                           and findings(NODE_METRICS_PORT, "node")["record"] == 1, 60)
+    except AssertionError:
+        raise AssertionError(f"target {findings(CONTROLLER_METRICS_PORT, 'target')}, node "
+                             f"{findings(NODE_METRICS_PORT, 'node')}") from None
     print(f"doctor findings seen by both plugins {seconds:.1f} s after the orphans were made")
-    assert sum(findings(CONTROLLER_METRICS_PORT, "target").values()) == 1
     assert sum(findings(NODE_METRICS_PORT, "node").values()) == 1
-    Target(FabricModule("iscsi"), orphan_iqn, mode="lookup").delete()
+    # A hand-made target (no record, in no saved config of this controller) is not counted.
+    TPG(Target(FabricModule("iscsi"), contract.target_iqn(contract.volume_id_for_name("pvc-by-hand")),
+               mode="create"), 1, mode="create")
+    record.write_bytes(kept)
     subprocess.run(["iscsiadm", "-m", "node", "-T", orphan_iqn, "-o", "delete"], check=True, capture_output=True)
     wait_for(lambda: set(findings(CONTROLLER_METRICS_PORT, "target").values()) == {0}
              and set(findings(NODE_METRICS_PORT, "node").values()) == {0}, 60)
+    Target(FabricModule("iscsi"), contract.target_iqn(contract.volume_id_for_name("pvc-by-hand")),
+           mode="lookup").delete()
+    cluster.controller.controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=orphan), timeout=60)
 
     cluster.detach(volume)
     cluster.delete(volume)
