@@ -98,9 +98,9 @@ class TargetDoctor:
         targets = [str(e["wwn"]) for e in doc.get("targets") or [] if isinstance(e, dict) and "wwn" in e]
         return sos, targets
 
-    def _ours(self) -> set[str]:
+    def _ours(self, saved: tuple[list[str], list[str]] | None = None) -> set[str]:
         """Volume ids this controller's saved config holds an entry of: its own, record or not."""
-        sos, targets = self._saved()
+        sos, targets = saved if saved is not None else self._saved()
         return {n for n in sos if contract.is_volume_id(n)} | \
             {v for w in targets if (v := contract.volume_id_of(w)) and w == contract.target_iqn(v, self._prefix)}
 
@@ -111,7 +111,8 @@ class TargetDoctor:
 
     def find(self) -> list[Finding]:
         volumes, snapshots, records = self._owned()
-        ours = self._ours()
+        saved_sos, saved_targets = saved = self._saved()  # read and parsed once per look
+        ours = self._ours(saved)
         findings: list[Finding] = []
         exports = self._view.exports()
         objects = self._view.storage_objects()
@@ -139,7 +140,6 @@ class TargetDoctor:
                                         why if name in ours else f"{why}; {NOT_OURS}",
                                         "delete the storage object (not its data), once nothing exports it"
                                         if name in ours else ""))
-        saved_sos, saved_targets = self._saved()
         for name in saved_sos:
             if contract.is_volume_id(name) and name not in volumes:
                 findings.append(Finding(SAVED, f"saved storage object {name} in {self._saveconfig}", name,
@@ -216,7 +216,7 @@ class TargetDoctor:
         Call only with the controller stopped (its locks held). One failure is its finding's
         result."""
         volumes, snapshots, _ = self._owned()
-        ours = self._ours()  # before the saved config is rewritten: data is judged by what it held
+        ours = self._ours()  # read before the saved config is rewritten
         order = {TARGET: 0, OBJECT: 1, SAVED: 2, RECORD: 3}
         done: dict[int, Finding] = {}
         # Saved entries to write (a dump) or drop (None), in one write of the saved config.
